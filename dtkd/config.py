@@ -1,0 +1,107 @@
+"""Typed top-level configuration of a dtkd run.
+
+One YAML file configures a run. It is either a ZenML run config, with the dtkd config under
+``parameters.config`` (that is what ``zenml pipeline run -c configs/default.yaml`` reads), or a
+plain dtkd config. Every section is a pydantic model that forbids unknown keys, so a typo fails at
+load time with an error that names the key path, e.g. ``distill.tau``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dtkd.data.config import DataConfig
+from dtkd.distill.config import DistillConfig
+from dtkd.engine.config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A config file or dict that does not validate; the message names every bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    """A model chosen by registry name, with optional overrides of its standard input."""
+
+    name: str
+    frames: Optional[int] = Field(None, gt=0)
+    sampling_rate: Optional[int] = Field(None, gt=0)
+    crop_size: Optional[int] = Field(None, gt=0)
+    pretrained: Optional[str] = None  # local file or URL of weights to start from
+    overrides: dict[str, Any] = Field(default_factory=dict)  # passed to dtkd.models.build
+
+
+class TeacherRef(ModelRef):
+    # "train": fine-tune in this run; "registry": reuse the version under `registry_alias`
+    source: Literal["train", "registry"] = "train"
+    registry_alias: str = "champion"
+
+
+class ModelsConfig(_Strict):
+    student: ModelRef
+    cnn_teacher: TeacherRef
+    vit_teacher: TeacherRef
+
+
+class EvalConfig(_Strict):
+    num_clips: int = Field(1, gt=0)
+    num_crops: int = Field(1, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
+class RegistryConfig(_Strict):
+    student_name: str = "dtkd-student"
+    teacher_prefix: str = "dtkd-teacher"
+    gate_config: str = "configs/gate.yaml"
+
+
+class DTKDConfig(_Strict):
+    data: DataConfig
+    models: ModelsConfig
+    teacher_training: TrainConfig
+    distill_training: TrainConfig
+    distill: DistillConfig
+    evaluation: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+
+def _format_errors(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"]))
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"  {key}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> DTKDConfig:
+    """Validate a dict into a DTKDConfig; on failure raise ConfigError naming each bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    try:
+        return DTKDConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid dtkd config\n{_format_errors(err, prefix)}") from None
+
+
+def load_config(path: str | Path) -> DTKDConfig:
+    """Load a dtkd config from a YAML file (a ZenML run config or a plain dtkd config)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if isinstance(raw, dict) and "parameters" in raw:
+        params = raw["parameters"] or {}
+        if "config" not in params:
+            raise ConfigError(f"{path}: parameters.config is missing")
+        return validate_config(params["config"], source=str(path), prefix="parameters.config")
+    return validate_config(raw, source=str(path))

@@ -1,0 +1,221 @@
+"""High-level jobs the pipeline steps call: build the models a config names, make the loaders,
+fine-tune a teacher, distil the student, evaluate. Pure core library: no zenml/mlflow/dvc, so the
+same jobs run from ZenML steps, from torchrun, or from a notebook.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dtkd import models
+from dtkd.config import EvalConfig, ModelRef
+from dtkd.data import ClipDataset, ViewSpec
+from dtkd.data.config import DataConfig
+from dtkd.distill import DistillConfig, TeacherRef, build_distiller
+from dtkd.engine import Trainer, TrainConfig, TrainResult
+from dtkd.eval import EvalResult, evaluate
+
+STUDENT_VIEW = "student"
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    spec: "models.ModelSpec"
+    view: ViewSpec
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def view_for(ref: ModelRef) -> ViewSpec:
+    """The clip a model sees: its registry spec's standard input, with the config's overrides."""
+    spec = models.get_spec(ref.name)
+    return ViewSpec(
+        frames=ref.frames or spec.frames,
+        sampling_rate=ref.sampling_rate or spec.sampling_rate,
+        crop_size=ref.crop_size or spec.crop_size,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+    )
+
+
+def build_model(ref: ModelRef, num_classes: int) -> BuiltModel:
+    view = view_for(ref)
+    kwargs = dict(ref.overrides)
+    if ref.frames:
+        kwargs.setdefault("frames", ref.frames)
+    if ref.crop_size:
+        kwargs.setdefault("crop_size", ref.crop_size)
+    if ref.pretrained:
+        kwargs["pretrained"] = ref.pretrained
+    model = models.build(ref.name, num_classes, **kwargs)
+    return BuiltModel(model, models.get_spec(ref.name), view)
+
+
+def num_classes_of(manifest: pd.DataFrame) -> int:
+    return int(manifest["label_idx"].max()) + 1
+
+
+def class_names_of(manifest: pd.DataFrame) -> list[str]:
+    pairs = manifest[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")
+    return pairs["label"].tolist()
+
+
+def make_loader(
+    manifest: pd.DataFrame,
+    split: str,
+    views: dict[str, ViewSpec],
+    *,
+    train: bool,
+    batch_size: int,
+    data_cfg: DataConfig,
+    seed: int = 0,
+    eval_cfg: EvalConfig | None = None,
+) -> DataLoader:
+    eval_cfg = eval_cfg or EvalConfig()
+    dataset = ClipDataset(
+        manifest,
+        split,
+        views,
+        train=train,
+        num_clips=1 if train else eval_cfg.num_clips,
+        num_crops=1 if train else eval_cfg.num_crops,
+        seed=seed,
+        **data_cfg.dataset_kwargs(),
+    )
+    if len(dataset) == 0:
+        raise ValueError(f"the manifest has no clips in split {split!r}")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=data_cfg.num_workers,
+        generator=generator,
+        persistent_workers=data_cfg.num_workers > 0,
+    )
+
+
+def train_teacher(
+    manifest: pd.DataFrame,
+    ref: ModelRef,
+    train_cfg: TrainConfig,
+    data_cfg: DataConfig,
+    *,
+    callbacks: Sequence = (),
+    device: torch.device | None = None,
+) -> tuple[nn.Module, TrainResult]:
+    """Fine-tune one teacher with cross-entropy (the `none` distiller) on the train split."""
+    n = num_classes_of(manifest)
+    built = build_model(ref, n)
+    views = {STUDENT_VIEW: built.view}
+    distiller = build_distiller(DistillConfig(method="none"), built.model, built.spec, [])
+    trainer = Trainer(distiller, train_cfg, device=device or default_device(), callbacks=list(callbacks))
+    result = trainer.fit(
+        make_loader(manifest, "train", views, train=True, batch_size=train_cfg.batch_size, data_cfg=data_cfg, seed=train_cfg.seed),
+        make_loader(manifest, "test", views, train=False, batch_size=train_cfg.batch_size, data_cfg=data_cfg),
+    )
+    return built.model.eval(), result
+
+
+def distill_student(
+    manifest: pd.DataFrame,
+    student_ref: ModelRef,
+    teachers: dict[str, tuple[nn.Module, ModelRef]],
+    distill_cfg: DistillConfig,
+    train_cfg: TrainConfig,
+    data_cfg: DataConfig,
+    *,
+    callbacks: Sequence = (),
+    device: torch.device | None = None,
+) -> tuple[nn.Module, TrainResult, list[dict]]:
+    """Distil a fresh student from frozen teachers ({"cnn": (model, ref), "vit": (model, ref)})."""
+    n = num_classes_of(manifest)
+    student = build_model(student_ref, n)
+    views = {STUDENT_VIEW: student.view}
+    refs = []
+    for role, (model, ref) in teachers.items():
+        views[role] = view_for(ref)
+        refs.append(TeacherRef(name=role, model=model, spec=models.get_spec(ref.name), role=role))
+    distiller = build_distiller(distill_cfg, student.model, student.spec, refs)
+    train_loader = make_loader(manifest, "train", views, train=True, batch_size=train_cfg.batch_size, data_cfg=data_cfg, seed=train_cfg.seed)
+    distiller.prepare(train_loader)
+    diagnostics: list[dict] = []
+
+    class _Diagnostics:
+        def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+            diagnostics.append({"epoch": epoch, **distiller.epoch_diagnostics()})
+
+    trainer = Trainer(distiller, train_cfg, device=device or default_device(), callbacks=[_Diagnostics(), *callbacks])
+    val_loader = make_loader(manifest, "test", {STUDENT_VIEW: student.view}, train=False, batch_size=train_cfg.batch_size, data_cfg=data_cfg)
+    result = trainer.fit(train_loader, val_loader)
+    return distiller.student.eval(), result, diagnostics
+
+
+def evaluate_model(
+    model: nn.Module,
+    ref: ModelRef,
+    manifest: pd.DataFrame,
+    eval_cfg: EvalConfig,
+    data_cfg: DataConfig,
+    *,
+    device: torch.device | None = None,
+) -> EvalResult:
+    """Multi-view test accuracy of ``model`` on the manifest's test split."""
+    loader = make_loader(
+        manifest, "test", {STUDENT_VIEW: view_for(ref)}, train=False,
+        batch_size=eval_cfg.batch_size, data_cfg=data_cfg, eval_cfg=eval_cfg,
+    )
+    return evaluate(model, loader, num_classes=num_classes_of(manifest), view=STUDENT_VIEW, device=device or default_device())
+
+
+def load_manifest(data_cfg: DataConfig) -> pd.DataFrame:
+    """The configured dataset's manifest; the embedded synthetic set is generated first when
+    missing (deterministic, and reused when present with the same knobs)."""
+    from dtkd.data import prepare_manifest
+
+    return prepare_manifest(data_cfg)
+
+
+def manifest_fingerprint(manifest: pd.DataFrame) -> str:
+    """A short hash of what the model saw: every row's id, label, split and probe figures."""
+    import hashlib
+
+    cols = ["video_id", "label", "split", "frames", "fps", "width", "height"]
+    rows = manifest[cols].sort_values("video_id").to_csv(index=False).encode()
+    return hashlib.sha256(rows).hexdigest()[:16]
+
+
+def cost_metrics(model: nn.Module, ref: ModelRef) -> dict[str, float]:
+    """Inference cost of one clip at the model's view: parameters, GFLOPs (fvcore), CPU latency."""
+    from dtkd.eval import measure_latency_ms
+    from dtkd.eval.complexity import count_flops, count_params
+
+    view = view_for(ref)
+    shape = (1, 3, view.frames, view.crop_size, view.crop_size)
+    model = model.eval().cpu()
+    return {
+        "params": float(count_params(model)),
+        "gflops": float(count_flops(model, shape)),
+        "latency_ms": measure_latency_ms(model, shape),
+    }
+
+
+def flat_scalars(tree: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict as {"a/b": x}; lists and strings are skipped."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_scalars(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out

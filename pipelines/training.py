@@ -1,0 +1,48 @@
+"""The main dtkd pipeline: ingest -> validate -> teachers -> distil -> evaluate -> register + gate.
+
+Run it with ``zenml pipeline run pipelines.training.training_pipeline -c configs/default.yaml``
+(``make run``). The whole dtkd config arrives as the ``config`` parameter and is validated before
+any step runs; each step receives only its own sections, so ZenML's cache is reused by every step
+whose inputs did not change (e.g. the data steps when only distillation settings change).
+"""
+from __future__ import annotations
+
+from zenml import pipeline
+
+from dtkd.config import validate_config
+from steps.distill import distill_student
+from steps.evaluate import evaluate_student
+from steps.ingest import ingest_data
+from steps.register import register_student
+from steps.train_teachers import train_cnn_teacher, train_vit_teacher
+from steps.validate import validate_data
+
+
+@pipeline(enable_cache=True)
+def training_pipeline(config: dict) -> None:
+    cfg = validate_config(config, source="pipeline parameter", prefix="config")
+    sections = cfg.model_dump(mode="json")
+    data = sections["data"]
+    models = sections["models"]
+    min_frames = max(
+        cfg.models.student.frames or 1, cfg.models.cnn_teacher.frames or 1, cfg.models.vit_teacher.frames or 1
+    )
+
+    manifest = ingest_data(data=data)
+    clean_manifest, _ = validate_data(manifest=manifest, data=data, min_frames=min_frames)
+    teacher_args = dict(manifest=clean_manifest, train=sections["teacher_training"], data=data, registry=sections["registry"])
+    cnn_teacher = train_cnn_teacher(model=models["cnn_teacher"], **teacher_args)
+    vit_teacher = train_vit_teacher(model=models["vit_teacher"], **teacher_args)
+    student, _ = distill_student(
+        manifest=clean_manifest,
+        cnn_teacher=cnn_teacher,
+        vit_teacher=vit_teacher,
+        models=models,
+        distill=sections["distill"],
+        train=sections["distill_training"],
+        data=data,
+    )
+    test_metrics = evaluate_student(
+        student=student, manifest=clean_manifest, model=models["student"], evaluation=sections["evaluation"], data=data
+    )
+    register_student(student=student, test_metrics=test_metrics, manifest=clean_manifest, config=sections)

@@ -1,0 +1,25 @@
+"""Ingest: generate (embedded synthetic set) or read a dataset and build its manifest."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import pandas as pd
+from zenml import log_metadata, step
+
+from dtkd import workflows
+from dtkd.data.config import DataConfig
+
+
+@step
+def ingest_data(data: dict) -> Annotated[pd.DataFrame, "manifest"]:
+    cfg = DataConfig.model_validate(data)
+    manifest = workflows.load_manifest(cfg)
+    log_metadata(
+        metadata={
+            "videos": len(manifest),
+            "classes": int(manifest["label"].nunique()),
+            "per_split": {k: int(v) for k, v in manifest["split"].value_counts().items()},
+            "root": str(cfg.root),
+        }
+    )
+    return manifest

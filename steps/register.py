@@ -1,0 +1,41 @@
+"""Register the student in MLflow as `challenger`; the promotion gate moves `champion` to it only if
+it beats the current champion on the same test split and stays within the cost budget."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import pandas as pd
+from torch import nn
+from zenml import log_metadata, step
+
+from dtkd import workflows
+from dtkd.config import validate_config
+from dtkd_ops import gate as promotion
+from dtkd_ops import registry as mlflow_registry
+from steps.tracking import TRACKED
+
+
+@step(**TRACKED)
+def register_student(
+    student: nn.Module, test_metrics: dict, manifest: pd.DataFrame, config: dict
+) -> Annotated[dict, "promotion_decision"]:
+    cfg = validate_config(config)
+    name = cfg.registry.student_name
+    candidate = mlflow_registry.register_candidate(
+        student,
+        registered_name=name,
+        metrics=test_metrics,
+        params={"student": cfg.models.student.name, "method": cfg.distill.method},
+        tags={"dtkd.role": "student"},
+        dataset_fingerprint=workflows.manifest_fingerprint(manifest),
+    )
+
+    def evaluate_on_this_split(model: nn.Module) -> dict:
+        result = workflows.evaluate_model(model, cfg.models.student, manifest, cfg.evaluation, cfg.data)
+        return {"top1": result.top1, **workflows.cost_metrics(model, cfg.models.student)}
+
+    decision = promotion.promote_if_better(
+        name, candidate.version, evaluate_on_this_split, promotion.load_gate_config(cfg.registry.gate_config)
+    )
+    log_metadata(metadata={"version": candidate.version, "promoted": decision.promote, "report": decision.report})
+    return {"registered_model": name, "version": candidate.version, "promoted": decision.promote, "reasons": decision.reasons}

@@ -1,0 +1,67 @@
+"""MLflow logging used by the steps: per-epoch curves, figures and flattened configs."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import mlflow
+
+from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import MLFlowExperimentTrackerSettings
+
+from pipelines.stack import EXPERIMENT_NAME, TRACKER_NAME
+
+__all__ = ["TRACKED", "MlflowEpochLogger", "log_params_flat", "log_confusion_matrix", "flatten"]
+
+# Step options for every step that logs to MLflow: the stack's tracker, and the experiment that
+# `pipelines.stack` created with an absolute artifact location.
+TRACKED = dict(
+    experiment_tracker=TRACKER_NAME,
+    settings={"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=EXPERIMENT_NAME)},
+)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become strings (MLflow params are scalars)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return flat
+
+
+def log_params_flat(tree: Mapping[str, Any], prefix: str = "") -> None:
+    mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(tree, prefix).items()})
+
+
+class MlflowEpochLogger:
+    """Trainer callback: every epoch's numeric metrics as MLflow curves (step = epoch)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        numeric = {f"{self.prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if numeric:
+            mlflow.log_metrics(numeric, step=epoch)
+
+
+def log_confusion_matrix(confusion, class_names: list[str], artifact_file: str = "confusion_matrix.png") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(class_names), 1.0 + 0.6 * len(class_names)))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)

@@ -1,0 +1,33 @@
+"""Validate: the Great Expectations quality gate on the manifest and per-video probes."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import mlflow
+import pandas as pd
+from zenml import log_metadata, step
+from zenml.types import HTMLString
+
+from dtkd.data.config import DataConfig
+from dtkd_ops.quality import rules_for, run_quality_gate
+from steps.tracking import TRACKED
+
+
+@step(**TRACKED)
+def validate_data(
+    manifest: pd.DataFrame, data: dict, min_frames: int
+) -> tuple[Annotated[pd.DataFrame, "clean_manifest"], Annotated[HTMLString, "data_docs"]]:
+    cfg = DataConfig.model_validate(data)
+    rules = rules_for(cfg, manifest, min_frames=min_frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run_quality_gate(manifest, rules, docs_dir=Path(tmp) / "data_docs")
+        mlflow.log_artifacts(str(report.docs_path), artifact_path="data_docs")
+        html = HTMLString(report.index_html())
+    mlflow.log_text(report.summary(), "quality_report.txt")
+    if len(report.quarantined):
+        mlflow.log_table(report.quarantined, "quarantined.json")
+    log_metadata(metadata={"success": report.success, "quarantined": len(report.quarantined), "summary": report.summary()})
+    report.raise_for_failure()  # the run stops here, with the readable report, when the data is bad
+    return report.clean_manifest, html
