@@ -59,6 +59,9 @@ class RegistryConfig(_Strict):
     student_name: str = "dtkd-student"
     teacher_prefix: str = "dtkd-teacher"
     gate_config: str = "configs/gate.yaml"
+    # False: the pipeline registers `challenger` and reports the gate's verdict but leaves
+    # `champion` alone, so that a reviewed CI job (`dtkd promote`) makes the move.
+    auto_promote: bool = True
 
 
 class DTKDConfig(_Strict):

@@ -46,6 +46,25 @@ def view_for(ref: ModelRef) -> ViewSpec:
     )
 
 
+def input_spec(ref: ModelRef) -> dict:
+    """What a registry entry needs to rebuild this model's test loader: name and view."""
+    view = view_for(ref)
+    return {
+        "model_name": ref.name,
+        "frames": view.frames,
+        "sampling_rate": view.sampling_rate,
+        "crop_size": view.crop_size,
+        "mean": list(view.mean),
+        "std": list(view.std),
+    }
+
+
+def clip_span(ref: ModelRef) -> int:
+    """Source frames one clip of this model covers (frames x sampling rate)."""
+    view = view_for(ref)
+    return view.frames * view.sampling_rate
+
+
 def build_model(ref: ModelRef, num_classes: int) -> BuiltModel:
     view = view_for(ref)
     kwargs = dict(ref.overrides)
@@ -185,13 +204,14 @@ def load_manifest(data_cfg: DataConfig) -> pd.DataFrame:
     return prepare_manifest(data_cfg)
 
 
-def manifest_fingerprint(manifest: pd.DataFrame) -> str:
-    """A short hash of what the model saw: every row's id, label, split and probe figures."""
+def manifest_fingerprint(manifest: pd.DataFrame, split: str | None = None) -> str:
+    """Names the data a model saw or was tested on, independently of where the files lie:
+    sha256 over the sorted (video_id, label, split) rows (of one split)."""
     import hashlib
 
-    cols = ["video_id", "label", "split", "frames", "fps", "width", "height"]
-    rows = manifest[cols].sort_values("video_id").to_csv(index=False).encode()
-    return hashlib.sha256(rows).hexdigest()[:16]
+    df = manifest if split is None else manifest[manifest["split"] == split]
+    rows = sorted(f"{v}\t{lab}\t{s}" for v, lab, s in zip(df["video_id"], df["label"], df["split"]))
+    return "manifest:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
 def cost_metrics(model: nn.Module, ref: ModelRef) -> dict[str, float]:

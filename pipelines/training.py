@@ -10,6 +10,7 @@ from __future__ import annotations
 from zenml import pipeline
 
 from dtkd.config import validate_config
+from dtkd.workflows import clip_span
 from steps.distill import distill_student
 from steps.evaluate import evaluate_student
 from steps.ingest import ingest_data
@@ -24,9 +25,8 @@ def training_pipeline(config: dict) -> None:
     sections = cfg.model_dump(mode="json")
     data = sections["data"]
     models = sections["models"]
-    min_frames = max(
-        cfg.models.student.frames or 1, cfg.models.cnn_teacher.frames or 1, cfg.models.vit_teacher.frames or 1
-    )
+    models_cfg = cfg.models
+    min_frames = max(clip_span(ref) for ref in (models_cfg.student, models_cfg.cnn_teacher, models_cfg.vit_teacher))
 
     manifest = ingest_data(data=data)
     clean_manifest, _ = validate_data(manifest=manifest, data=data, min_frames=min_frames)

@@ -12,6 +12,8 @@ from dtkd import workflows
 from dtkd.config import validate_config
 from dtkd_ops import gate as promotion
 from dtkd_ops import registry as mlflow_registry
+from dtkd_ops.data_version import data_version
+from dtkd_ops.evaluation import budget_metrics
 from steps.tracking import TRACKED
 
 
@@ -26,16 +28,30 @@ def register_student(
         registered_name=name,
         metrics=test_metrics,
         params={"student": cfg.models.student.name, "method": cfg.distill.method},
-        tags={"dtkd.role": "student"},
+        tags={"dtkd.role": "student", **data_version(".").tags()},
         dataset_fingerprint=workflows.manifest_fingerprint(manifest),
+        input_spec=workflows.input_spec(cfg.models.student),
     )
 
+    gate_cfg = promotion.load_gate_config(cfg.registry.gate_config)
+    view = workflows.view_for(cfg.models.student)
+    view_shape = (1, 3, view.frames, view.crop_size, view.crop_size)
+
+    # Candidate and champion go through this same function: same clips, same budget measurement.
     def evaluate_on_this_split(model: nn.Module) -> dict:
         result = workflows.evaluate_model(model, cfg.models.student, manifest, cfg.evaluation, cfg.data)
-        return {"top1": result.top1, **workflows.cost_metrics(model, cfg.models.student)}
+        return {
+            "top1": result.top1,
+            "dataset_fingerprint": workflows.manifest_fingerprint(manifest, "test"),
+            **budget_metrics(model, gate_cfg, view_shape),
+        }
 
     decision = promotion.promote_if_better(
-        name, candidate.version, evaluate_on_this_split, promotion.load_gate_config(cfg.registry.gate_config)
+        name,
+        candidate.version,
+        evaluate_on_this_split,
+        gate_cfg,
+        dry_run=not cfg.registry.auto_promote,
     )
     log_metadata(metadata={"version": candidate.version, "promoted": decision.promote, "report": decision.report})
     return {"registered_model": name, "version": candidate.version, "promoted": decision.promote, "reasons": decision.reasons}

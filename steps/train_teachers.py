@@ -13,6 +13,7 @@ from dtkd.config import RegistryConfig, TeacherRef
 from dtkd.data.config import DataConfig
 from dtkd.engine import TrainConfig
 from dtkd_ops import registry as mlflow_registry
+from dtkd_ops.data_version import data_version
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
 
 
@@ -39,8 +40,9 @@ def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: 
         registered_name=registered_name,
         metrics=metrics,
         params={"model": ref.name, "role": role},
-        tags={"dtkd.role": f"{role}_teacher"},
+        tags={"dtkd.role": f"{role}_teacher", **data_version(".").tags()},
         dataset_fingerprint=workflows.manifest_fingerprint(manifest),
+        input_spec=workflows.input_spec(ref),
     )
     # A teacher is a means to an end: the newest trained one becomes the reusable champion.
     mlflow_registry.set_alias(registered_name, "champion", version.version)

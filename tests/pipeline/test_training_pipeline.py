@@ -68,6 +68,12 @@ def _run(cmd: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedP
 def _tiny_config(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     cfg["parameters"]["config"]["data"]["root"] = str(tmp_path / "data" / "synthetic")
+    # The same gate, with a latency budget no loaded CI machine can miss: this test is about the
+    # pipeline; the gate's budgets have their own tests in tests/ops.
+    gate = yaml.safe_load((REPO / "configs" / "gate.yaml").read_text())
+    gate["max_latency_ms"] = 600000.0
+    (tmp_path / "gate.yaml").write_text(yaml.safe_dump(gate))
+    cfg["parameters"]["config"]["registry"]["gate_config"] = str(tmp_path / "gate.yaml")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -1,0 +1,46 @@
+"""Model cost: parameter count and FLOPs as fvcore counts them (one fused multiply-add = 1 FLOP,
+the convention of the model zoos' "GFLOPs")."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
+    # Parameters shared between modules are counted once (model.parameters() deduplicates).
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
+    """GFLOPs of one forward pass at `input_shape`: (C, T, H, W) for one clip, or (B, C, T, H, W).
+
+    Runs on the model's device in eval mode under no_grad and restores the training flag.
+    Operators fvcore has no formula for (element-wise ops, pooling, softmax) count as zero."""
+    from fvcore.nn import FlopCountAnalysis  # optional on GPU boxes that only have torch
+
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 4:
+        shape = (1, *shape)
+    if len(shape) != 5:
+        raise ValueError(f"input_shape must be (C, T, H, W) or (B, C, T, H, W), got {tuple(input_shape)}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    # fvcore logs one warning per unsupported operator and per uncalled module; they say nothing
+    # about the count's correctness here, so they are silenced for the duration of the trace.
+    fv_log = logging.getLogger("fvcore")
+    level = fv_log.level
+    fv_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(model, torch.zeros(shape, device=device))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            total = analysis.total()
+    finally:
+        fv_log.setLevel(level)
+        model.train(was_training)
+    return total / 1e9

@@ -1,0 +1,159 @@
+"""The ``dtkd`` command line (MLOps side).
+
+    dtkd gate     --model NAME --candidate VERSION|ALIAS [--tracking-uri URI] [--gate-config configs/gate.yaml]
+                  [--manifest data/manifest.parquet] [--evaluator MODULE:FACTORY] [--json OUT]
+    dtkd promote  (same options)  runs the gate and moves `champion` only when it passes
+    dtkd rollback --model NAME [--tracking-uri URI]
+    dtkd quality  --manifest data/manifest.parquet [--rules configs/data.yaml] [--docs-dir DIR] [--out DIR]
+    dtkd data-version [--repo .]
+
+Exit status: 0 = passed (or the candidate already is the champion), 1 = the gate ran and failed
+(candidate refused / data rejected), 2 = could not run (bad arguments, config, registry lookup or
+evaluation error).
+
+Without ``--manifest`` the gate compares the metrics logged when each version was registered and
+refuses when they come from different datasets; with ``--manifest`` it re-evaluates both models
+on that manifest's test split.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the local stack's ``sqlite:///$DTKD_HOME/mlflow/mlflow.db``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = Path(os.environ.get("DTKD_HOME", ".dtkd")).resolve()
+    return f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+
+
+def _gate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: "
+                   "$MLFLOW_TRACKING_URI or sqlite:///$DTKD_HOME/mlflow/mlflow.db)")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--candidate", default="challenger", help="version number or alias (default: challenger)")
+    p.add_argument("--gate-config", default="configs/gate.yaml")
+    p.add_argument("--manifest", default=None, help="re-evaluate both models on this manifest's test split")
+    p.add_argument("--split", default="test")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--evaluator", default=None,
+                   help="MODULE:FACTORY; FACTORY(manifest_path_or_None, gate_cfg, registry) -> evaluate_fn")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the decision as JSON here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dtkd", description="dtkd MLOps: quality gate, promotion gate, data version")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _gate_args(sub.add_parser("gate", help="evaluate a candidate against the champion (moves nothing)"))
+    _gate_args(sub.add_parser("promote", help="run the gate; move 'champion' to the candidate only on pass"))
+    rb = sub.add_parser("rollback", help="move 'champion' back to the version it replaced")
+    rb.add_argument("--tracking-uri", default=None)
+    rb.add_argument("--model", required=True)
+    q = sub.add_parser("quality", help="run the data quality gate over a manifest")
+    q.add_argument("--manifest", required=True, help="manifest .parquet (or .csv)")
+    q.add_argument("--rules", default="configs/data.yaml", help="YAML with the rules")
+    q.add_argument("--section", default="quality", help="YAML section with the rules ('' = top level)")
+    q.add_argument("--expected-labels", default=None, help="comma-separated label set (overrides the rules)")
+    q.add_argument("--docs-dir", default=None, help="build Great Expectations Data Docs here")
+    q.add_argument("--out", default=None, help="write report.json, summary.txt, quarantine.csv, clean_manifest.parquet")
+    q.add_argument("--workers", type=int, default=1)
+    dv = sub.add_parser("data-version", help="print the DVC data version (JSON)")
+    dv.add_argument("--repo", default=".")
+    return parser
+
+
+def _evaluator(args, cfg, registry):
+    from dtkd_ops.evaluation import recorded_metrics_evaluator, test_split_evaluator
+
+    if args.evaluator:
+        module, _, name = args.evaluator.partition(":")
+        if not name:
+            raise ValueError(f"--evaluator must be MODULE:FACTORY, got {args.evaluator!r}")
+        factory = getattr(importlib.import_module(module), name)
+        return factory(args.manifest, cfg, registry)
+    if args.manifest:
+        return test_split_evaluator(args.manifest, cfg, split=args.split, device=args.device,
+                                    batch_size=args.batch_size)
+    return recorded_metrics_evaluator(registry)
+
+
+def _cmd_gate(args, *, promote: bool) -> int:
+    from dtkd_ops._io import atomic_write_json
+    from dtkd_ops.gate import load_gate_config, promote_if_better
+    from dtkd_ops.registry import ModelRegistry
+
+    cfg = load_gate_config(args.gate_config)
+    registry = ModelRegistry(args.tracking_uri or default_tracking_uri())
+    evaluate_fn = _evaluator(args, cfg, registry)
+    decision = promote_if_better(args.model, args.candidate, evaluate_fn, cfg, registry=registry,
+                                 dry_run=not promote)
+    print(decision.report)
+    if promote:
+        print(f"champion -> {decision.candidate}" if decision.promoted else "champion unchanged")
+    if args.json_out:
+        atomic_write_json(args.json_out, decision.to_dict())
+    return EXIT_OK if decision.promote or decision.already_champion else EXIT_FAILED
+
+
+def _cmd_rollback(args) -> int:
+    from dtkd_ops.registry import ModelRegistry
+
+    ref = ModelRegistry(args.tracking_uri or default_tracking_uri()).rollback_champion(args.model)
+    print(f"champion -> {ref}")
+    return EXIT_OK
+
+
+def _cmd_quality(args) -> int:
+    from dtkd_ops._io import read_manifest
+    from dtkd_ops.quality import load_quality_rules, run_quality_gate
+
+    overrides = {}
+    if args.expected_labels:
+        overrides["expected_labels"] = [s.strip() for s in args.expected_labels.split(",") if s.strip()]
+        overrides["expected_num_classes"] = None
+    rules = load_quality_rules(args.rules, section=args.section or None, **overrides)
+    report = run_quality_gate(read_manifest(args.manifest), rules, docs_dir=args.docs_dir, workers=args.workers)
+    print(report.summary())
+    if args.out:
+        report.write(args.out)
+    return EXIT_OK if report.success else EXIT_FAILED
+
+
+def _cmd_data_version(args) -> int:
+    from dtkd_ops.data_version import data_version
+
+    print(json.dumps(data_version(args.repo).to_dict(), indent=2))
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+                       "ZENML_ANALYTICS_OPT_IN": "false"}.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("gate", "promote"):
+            return _cmd_gate(args, promote=args.command == "promote")
+        if args.command == "rollback":
+            return _cmd_rollback(args)
+        if args.command == "quality":
+            return _cmd_quality(args)
+        return _cmd_data_version(args)
+    except Exception as err:  # noqa: BLE001 - a CLI reports any failure to run as exit 2
+        kind = "" if isinstance(err, (ValueError, FileNotFoundError, RuntimeError)) else f"{type(err).__name__}: "
+        print(f"dtkd {args.command}: error: {kind}{err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""Data quality gate: Great Expectations 1.x over the manifest and per-video probe statistics.
+
+Two kinds of check:
+
+* **per-video** (``kind="quarantine"``): decodable, complete (not truncated), frames >= clip
+  length, fps range, duration, minimum resolution, duplicate content (sha256 of the bytes). A failing video is *quarantined*
+  with a reason (listed, never deleted) and left out of ``clean_manifest``.
+* **dataset** (``kind="dataset"``): no video id in two splits, no content shared by two splits
+  (leakage), split names, label set equals the config's, videos per class, class balance
+  (max/min count per split). Any failure fails the gate.
+
+The gate passes when every dataset check passes and the quarantined fraction is at most
+``max_quarantine_fraction``. Three GX validations run on an ephemeral context:
+``videos`` (all rows), ``clean_videos`` (rows that passed) and ``class_counts`` (split x label).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dtkd_ops._io import (atomic_write_json, atomic_write_text, format_validation_error, load_yaml_mapping,
+                          write_manifest)
+from dtkd_ops._gx import GXRunner, failing_rows as _failing_rows
+from dtkd_ops.probe import decode_probe, probe_paths
+
+REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
+ALLOWED_SPLITS = ("train", "val", "test")
+_ROW = "_row"
+
+log = logging.getLogger(__name__)
+
+
+class DataQualityError(RuntimeError):
+    """The data quality gate failed; the message is the readable report."""
+
+    def __init__(self, report: "QualityReport"):
+        super().__init__(report.summary())
+        self.report = report
+
+
+class QualityRules(BaseModel):
+    """Thresholds of the data quality gate (``quality:`` in configs/data.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expected_labels: Optional[list[str]] = None  # the label set must equal this one
+    expected_num_classes: Optional[int] = Field(None, gt=0)  # used when the names are not known
+    # header frame count minus decoded frames above which a video counts as truncated; containers
+    # over-report by a frame or two (B-frames), dtkd's loader tolerates 4 (dtkd.data.video)
+    max_missing_frames: int = Field(4, ge=0)
+    min_frames: int = Field(1, ge=1)  # clip length: frames x sampling rate of the longest view
+    min_fps: float = Field(1.0, gt=0)
+    max_fps: float = Field(120.0, gt=0)
+    min_width: int = Field(16, ge=1)
+    min_height: int = Field(16, ge=1)
+    min_duration_s: float = Field(0.0, ge=0)
+    min_videos_per_class: int = Field(1, ge=1)  # per split, after quarantine
+    max_class_imbalance: float = Field(3.0, ge=1.0)  # max/min videos per class within a split
+    max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    required_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "test"])
+    check_duplicates: bool = True  # sha256 of every file's bytes
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "QualityRules":
+        if self.min_fps > self.max_fps:
+            raise ValueError(f"min_fps ({self.min_fps}) is greater than max_fps ({self.max_fps})")
+        if self.expected_labels is not None:
+            if len(set(self.expected_labels)) != len(self.expected_labels):
+                raise ValueError("expected_labels has duplicates")
+            if self.expected_num_classes is not None and self.expected_num_classes != len(self.expected_labels):
+                raise ValueError(
+                    f"expected_num_classes ({self.expected_num_classes}) != len(expected_labels) "
+                    f"({len(self.expected_labels)})"
+                )
+        return self
+
+
+# Class counts of the public datasets, for the label-set check when names are not configured.
+KNOWN_NUM_CLASSES = {"hmdb51": 51, "ucf101": 101, "ssv2": 174}
+
+
+def rules_for(data_cfg: Any, manifest: Optional[pd.DataFrame] = None, *, min_frames: int = 1,
+              **overrides: Any) -> QualityRules:
+    """Rules for a ``dtkd.data.DataConfig``: the synthetic set's class names, or the known class
+    count of a public dataset, with ``min_frames`` = the longest clip a model reads. ``manifest``
+    is accepted for symmetry with the step and is not needed for the rules."""
+    labels, count = None, None
+    if data_cfg.dataset == "synthetic":
+        from dtkd.data.synthetic import class_names
+
+        labels = class_names(data_cfg.synthetic.num_classes)
+    else:
+        count = KNOWN_NUM_CLASSES.get(data_cfg.dataset)
+    base = {"expected_labels": labels, "expected_num_classes": count, "min_frames": min_frames}
+    return QualityRules.model_validate({**base, **overrides})
+
+
+def load_quality_rules(path: str | Path, *, section: str | None = "quality", **overrides: Any) -> QualityRules:
+    """Rules from a YAML file (by default its ``quality:`` section); errors name the bad key."""
+    raw = {**load_yaml_mapping(path, section=section), **overrides}
+    try:
+        return QualityRules.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, source=str(path), prefix=section or "")) from None
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one expectation, in words."""
+
+    check: str
+    kind: Literal["quarantine", "dataset"]
+    description: str
+    success: bool
+    failing: int = 0  # failing rows (videos, ids, split x label cells)
+    detail: str = ""
+    expectation: str = ""  # the GX expectation type
+
+    def line(self) -> str:
+        mark = "PASS" if self.success else "FAIL"
+        text = f"[{mark}] {self.check:<22} {self.kind:<10} {self.description}"
+        if not self.success and self.detail:
+            text += f"\n         -> {self.detail}"
+        return text
+
+
+@dataclass
+class QualityReport:
+    success: bool
+    results: list[CheckResult]
+    quarantined: pd.DataFrame  # path, reason (several joined by "; "), video_id, split
+    clean_manifest: pd.DataFrame  # manifest rows that passed every per-video check
+    stats: pd.DataFrame  # manifest key columns + probe statistics, one row per manifest row
+    rules: QualityRules
+    n_videos: int
+    docs_path: Optional[Path] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def quarantine_fraction(self) -> float:
+        return len(self.quarantined) / self.n_videos if self.n_videos else 0.0
+
+    @property
+    def failed_checks(self) -> list[CheckResult]:
+        return [r for r in self.results if r.kind == "dataset" and not r.success]
+
+    def summary(self, max_listed: int = 20) -> str:
+        status = "PASSED" if self.success else "FAILED"
+        frac, limit = self.quarantine_fraction, self.rules.max_quarantine_fraction
+        lines = [
+            f"Data quality gate: {status}",
+            f"  videos {self.n_videos}, quarantined {len(self.quarantined)} ({frac:.1%}; limit "
+            f"{limit:.1%}{'' if frac <= limit else ' EXCEEDED'}), clean {len(self.clean_manifest)}",
+        ]
+        if self.timings:
+            lines.append("  time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+        lines.append("Checks:")
+        lines += ["  " + r.line() for r in self.results]
+        if len(self.quarantined):
+            lines.append("Quarantined videos (kept on disk, left out of the clean manifest):")
+            for row in self.quarantined.head(max_listed).itertuples(index=False):
+                lines.append(f"  {row.path}: {row.reason}")
+            if len(self.quarantined) > max_listed:
+                lines.append(f"  ... and {len(self.quarantined) - max_listed} more")
+        if self.docs_path:
+            lines.append(f"Data Docs: {self.docs_path}")
+        return "\n".join(lines)
+
+    def index_html(self) -> str:
+        """The Data Docs index page (empty when no ``docs_dir`` was given)."""
+        return self.docs_path.read_text() if self.docs_path and self.docs_path.is_file() else ""
+
+    def raise_for_failure(self) -> "QualityReport":
+        if not self.success:
+            raise DataQualityError(self)
+        return self
+
+    def to_dict(self) -> dict:
+        return {
+            "success": self.success,
+            "n_videos": self.n_videos,
+            "n_quarantined": len(self.quarantined),
+            "quarantine_fraction": self.quarantine_fraction,
+            "n_clean": len(self.clean_manifest),
+            "checks": {r.check: {"success": r.success, "kind": r.kind, "failing": r.failing, "detail": r.detail}
+                       for r in self.results},
+            "docs_path": str(self.docs_path) if self.docs_path else None,
+            "timings_s": self.timings,
+        }
+
+    def write(self, out_dir: str | Path, *, relative_to: str | Path | None = None) -> Path:
+        """Write report.json (also DVC metrics), summary.txt, quarantine.csv and
+        clean_manifest.parquet into ``out_dir``, each atomically. ``relative_to``: store the clean
+        manifest's paths relative to this folder (what a DVC output wants)."""
+        out = Path(out_dir)
+        atomic_write_json(out / "report.json", self.to_dict())
+        atomic_write_text(out / "summary.txt", self.summary(max_listed=10_000) + "\n")
+        atomic_write_text(out / "quarantine.csv", self.quarantined.to_csv(index=False))
+        if relative_to is not None:
+            write_manifest(self.clean_manifest, out / "clean_manifest.parquet", base=relative_to)
+        else:
+            tmp = out / ".clean_manifest.parquet.tmp"
+            self.clean_manifest.to_parquet(tmp, index=False)
+            tmp.replace(out / "clean_manifest.parquet")
+        return out
+
+
+# --------------------------------------------------------------------------- expectations
+
+
+@dataclass
+class _Check:
+    name: str
+    kind: Literal["quarantine", "dataset"]
+    description: str
+    expectation: Any  # a GX expectation instance
+    reason: Optional[Callable[[pd.Series], str]] = None  # quarantine reason for one failing row
+
+
+def _video_checks(rules: QualityRules) -> list[_Check]:
+    import great_expectations.expectations as gxe
+
+    r = rules
+    checks = [
+        _Check("decodable", "quarantine", "every frame of the video decodes",
+               gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
+               lambda row: f"undecodable ({row['error']})"),
+        _Check("complete", "quarantine", "decodes every frame its header declares",
+               gxe.ExpectColumnValuesToBeBetween(column="missing_frames", max_value=r.max_missing_frames),
+               lambda row: f"truncated: decoded {row['frames']:.0f} of {row['declared_frames']:.0f} declared frames"),
+        _Check("min_frames", "quarantine", f"decoded frames >= {r.min_frames} (clip length)",
+               gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=r.min_frames),
+               lambda row: f"{row['frames']:.0f} frames < clip length {r.min_frames}"),
+        _Check("fps_range", "quarantine", f"fps in [{r.min_fps:g}, {r.max_fps:g}]",
+               gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=r.min_fps, max_value=r.max_fps),
+               lambda row: f"fps {row['fps']:g} outside [{r.min_fps:g}, {r.max_fps:g}]"),
+        _Check("min_duration", "quarantine", f"duration >= {r.min_duration_s:g} s",
+               gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=r.min_duration_s),
+               lambda row: f"duration {row['duration_s']:.2f} s < {r.min_duration_s:g} s"),
+        _Check("min_width", "quarantine", f"width >= {r.min_width}",
+               gxe.ExpectColumnValuesToBeBetween(column="width", min_value=r.min_width),
+               lambda row: f"width {row['width']:.0f} < {r.min_width}"),
+        _Check("min_height", "quarantine", f"height >= {r.min_height}",
+               gxe.ExpectColumnValuesToBeBetween(column="height", min_value=r.min_height),
+               lambda row: f"height {row['height']:.0f} < {r.min_height}"),
+    ]
+    if r.check_duplicates:
+        checks.append(_Check("duplicate_content", "quarantine", "no two files with the same sha256",
+                             gxe.ExpectColumnValuesToBeUnique(column="sha256"), None))  # reason: see below
+    checks += [
+        _Check("split_names", "dataset", f"split in {list(ALLOWED_SPLITS)}",
+               gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(ALLOWED_SPLITS))),
+        _Check("id_leakage", "dataset", "no video_id in two splits",
+               gxe.ExpectColumnValuesToBeBetween(column="id_n_splits", max_value=1)),
+    ]
+    if r.check_duplicates:
+        checks.append(_Check("content_leakage", "dataset", "no file content in two splits",
+                             gxe.ExpectColumnValuesToBeBetween(column="content_n_splits", max_value=1)))
+    return checks
+
+
+def _clean_checks(rules: QualityRules) -> list[_Check]:
+    import great_expectations.expectations as gxe
+
+    checks = [
+        _Check("nonempty", "dataset", "at least one clean video",
+               gxe.ExpectTableRowCountToBeBetween(min_value=1)),
+        _Check("required_splits", "dataset", f"splits {rules.required_splits} present after quarantine",
+               gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(rules.required_splits))),
+    ]
+    if rules.expected_labels is not None:
+        checks.append(_Check("label_set", "dataset", f"label set equals the config's ({len(rules.expected_labels)})",
+                             gxe.ExpectColumnDistinctValuesToEqualSet(column="label",
+                                                                       value_set=list(rules.expected_labels))))
+    elif rules.expected_num_classes is not None:
+        n = rules.expected_num_classes
+        checks.append(_Check("label_set", "dataset", f"exactly {n} labels",
+                             gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=n, max_value=n)))
+    return checks
+
+
+def _class_checks(rules: QualityRules) -> list[_Check]:
+    import great_expectations.expectations as gxe
+
+    return [
+        _Check("videos_per_class", "dataset", f">= {rules.min_videos_per_class} clean videos per class and split",
+               gxe.ExpectColumnValuesToBeBetween(column="count", min_value=rules.min_videos_per_class)),
+        _Check("class_balance", "dataset", f"max/min videos per class <= {rules.max_class_imbalance:g} in each split",
+               gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=rules.max_class_imbalance)),
+    ]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _check_manifest(manifest: pd.DataFrame) -> None:
+    if not isinstance(manifest, pd.DataFrame):
+        raise TypeError(f"manifest must be a pandas DataFrame, got {type(manifest).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest is missing column(s) {missing}; it has {list(manifest.columns)}")
+
+
+def _video_table(manifest: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+    t = manifest[list(REQUIRED_COLUMNS)].reset_index(drop=True).copy()
+    t["video_id"] = t["video_id"].astype(str)
+    t["path"] = t["path"].astype(str)
+    t = pd.concat([t, stats.reset_index(drop=True)], axis=1)
+    t.insert(0, _ROW, range(len(t)))
+    for col in ("frames", "declared_frames", "width", "height", "size_bytes"):  # floats; NaN = unknown
+        t[col] = t[col].astype(float)
+    t["missing_frames"] = t["declared_frames"] - t["frames"]  # NaN when either is unknown
+    t["id_n_splits"] = t.groupby("video_id")["split"].transform("nunique").astype(int)
+    has_hash = t["sha256"].notna()
+    t["content_n_splits"] = 1
+    if has_hash.any():
+        t.loc[has_hash, "content_n_splits"] = (
+            t[has_hash].groupby("sha256")["split"].transform("nunique").astype(int)
+        )
+    return t
+
+
+def _class_table(clean: pd.DataFrame, labels: list[str], splits: list[str]) -> pd.DataFrame:
+    counts = clean.groupby(["split", "label"]).size()
+    rows = []
+    for split in splits:
+        per = {lab: int(counts.get((split, lab), 0)) for lab in labels}
+        top = max(per.values(), default=0)
+        for lab, n in per.items():
+            rows.append({"split": split, "label": lab, "count": n, "imbalance": top / max(n, 1)})
+    return pd.DataFrame(rows, columns=["split", "label", "count", "imbalance"])
+
+
+# --------------------------------------------------------------------------- GX results in words
+
+
+def _describe(check: _Check, result, table: pd.DataFrame, max_items: int = 8) -> tuple[int, str]:
+    """(failing count, readable detail) of one expectation result."""
+    res = result.result or {}
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        return 1, f"expectation raised: {result.exception_info.get('exception_message')}"
+    name = check.name
+    if name in ("id_leakage", "content_leakage"):
+        key = "video_id" if name == "id_leakage" else "sha256"
+        rows = table[table[_ROW].isin(_failing_rows(result, _ROW))]
+        groups = rows.groupby(key)["split"].apply(lambda s: sorted(set(s)))
+        items = []
+        if groups.empty:
+            return 0, ""
+        for k, splits in list(groups.items())[:max_items]:
+            if key == "sha256":
+                paths = sorted(rows.loc[rows["sha256"] == k, "path"])
+                items.append(f"{' == '.join(Path(p).name for p in paths)} in {splits}")
+            else:
+                items.append(f"{k} in {splits}")
+        more = f" (+{len(groups) - max_items} more)" if len(groups) > max_items else ""
+        return len(groups), "; ".join(items) + more
+    if name in ("videos_per_class", "class_balance"):
+        cells = table[table["_cell"].isin(_failing_rows(result, "_cell"))]
+        if cells.empty:
+            return 0, ""
+        items = [f"{r.split}/{r.label}: {r.count}" for r in cells.head(max_items).itertuples()]
+        return len(cells), "counts " + ", ".join(items)
+    if name == "split_names":
+        bad = sorted({str(v) for v in res.get("partial_unexpected_list") or []})
+        return int(res.get("unexpected_count") or 0), (f"unknown split names {bad}" if bad else "")
+    if "missing_count" in res or "partial_missing_list" in res:  # set expectations (GX 1.2x)
+        missing = sorted(map(str, res.get("partial_missing_list") or []))
+        unexpected = sorted(map(str, res.get("partial_unexpected_list") or []))
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {unexpected}"] if unexpected else [])
+        return len(missing) + len(unexpected), ", ".join(parts)
+    if res.get("observed_value") is not None:
+        observed = res["observed_value"]
+        if isinstance(observed, (list, set, tuple)):
+            observed = sorted(map(str, observed))
+        return 0 if result.success else 1, f"observed {observed}"
+    return int(res.get("unexpected_count") or 0), ""
+
+
+def run_quality_gate(
+    manifest: pd.DataFrame,
+    rules: QualityRules,
+    *,
+    docs_dir: str | Path | None = None,
+    workers: int = 1,
+    probe: Callable[[str], dict] = decode_probe,
+) -> QualityReport:
+    """Probe every video of ``manifest``, validate with Great Expectations, quarantine bad videos.
+
+    ``docs_dir``: build a Data Docs HTML site there (``report.docs_path`` is its index.html).
+    ``probe``: per-path probe returning decodable/frames/fps/width/height/duration_s/error
+    (default: decode every frame with PyAV).
+    """
+    _check_manifest(manifest)
+    manifest = manifest.reset_index(drop=True)
+    t0 = time.perf_counter()
+    stats = probe_paths(manifest["path"].astype(str), workers=workers, probe=probe,
+                        hash_files=rules.check_duplicates)
+    t_probe = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    import great_expectations  # noqa: F401  (first import ~2-3 s; timed apart from validation)
+
+    t_import = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    table = _video_table(manifest, stats)
+    gx_ctx = GXRunner(Path(docs_dir) if docs_dir is not None else None)
+    results: list[CheckResult] = []
+    reasons: dict[int, list[str]] = {}
+
+    # 1. every video: per-video checks (quarantine) + leakage (dataset)
+    checks = _video_checks(rules)
+    gx_results = gx_ctx.validate("videos", table, checks, [_ROW])
+    for check in checks:
+        res = gx_results[check.name]
+        bad_rows = _failing_rows(res, _ROW)
+        if check.kind == "quarantine":
+            if check.name == "duplicate_content":
+                bad_rows = _duplicates_after_first(table, bad_rows, reasons)
+            else:
+                for i in bad_rows:
+                    reasons.setdefault(i, []).append(check.reason(table.iloc[i]))
+            results.append(CheckResult(check.name, check.kind, check.description, res.success,
+                                       len(bad_rows), _example_paths(table, bad_rows),
+                                       res.expectation_config.type))
+        else:
+            n, detail = _describe(check, res, table)
+            results.append(CheckResult(check.name, check.kind, check.description, res.success, n, detail,
+                                       res.expectation_config.type))
+
+    quarantined_rows = sorted(reasons)
+    quarantined = pd.DataFrame(
+        {"path": [table.at[i, "path"] for i in quarantined_rows],
+         "reason": ["; ".join(reasons[i]) for i in quarantined_rows],
+         "video_id": [table.at[i, "video_id"] for i in quarantined_rows],
+         "split": [table.at[i, "split"] for i in quarantined_rows]},
+        columns=["path", "reason", "video_id", "split"],
+    )
+    clean_mask = ~table[_ROW].isin(quarantined_rows)
+    clean_manifest = manifest[clean_mask.to_numpy()].reset_index(drop=True)
+
+    # 2. the clean videos: splits, label set
+    checks = _clean_checks(rules)
+    clean_table = table.loc[clean_mask, [_ROW, "video_id", "path", "label", "split"]].reset_index(drop=True)
+    gx_results = gx_ctx.validate("clean_videos", clean_table, checks, [_ROW])
+    for check in checks:
+        n, detail = _describe(check, gx_results[check.name], clean_table)
+        results.append(CheckResult(check.name, check.kind, check.description, gx_results[check.name].success,
+                                   n, detail, gx_results[check.name].expectation_config.type))
+
+    # 3. split x label counts of the clean videos: videos per class, balance
+    labels = (list(rules.expected_labels) if rules.expected_labels is not None
+              else sorted(table["label"].astype(str).unique()))
+    splits = [s for s in ALLOWED_SPLITS if s in set(clean_table["split"]) | set(rules.required_splits)]
+    cls = _class_table(clean_table, labels, splits)
+    cls.insert(0, "_cell", range(len(cls)))
+    checks = _class_checks(rules)
+    gx_results = gx_ctx.validate("class_counts", cls, checks, ["_cell"])
+    for check in checks:
+        n, detail = _describe(check, gx_results[check.name], cls)
+        results.append(CheckResult(check.name, check.kind, check.description, gx_results[check.name].success,
+                                   n, detail, gx_results[check.name].expectation_config.type))
+
+    t_gx = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    docs_path = gx_ctx.build_docs()
+    t_docs = time.perf_counter() - t2
+
+    fraction_ok = (len(quarantined) / len(table) if len(table) else 0.0) <= rules.max_quarantine_fraction
+    success = fraction_ok and all(r.success for r in results if r.kind == "dataset")
+    stats_out = table.drop(columns=[_ROW])
+    return QualityReport(
+        success=success, results=results, quarantined=quarantined, clean_manifest=clean_manifest,
+        stats=stats_out, rules=rules, n_videos=len(table), docs_path=docs_path,
+        timings={"probe": t_probe, "gx_validate": t_gx, "data_docs": t_docs, "gx_import": t_import},
+    )
+
+
+def _duplicates_after_first(table: pd.DataFrame, rows: list[int], reasons: dict[int, list[str]]) -> list[int]:
+    """GX flags every copy of a duplicated file; keep the first copy (manifest order) and
+    quarantine the others with a reason naming the kept file. Returns the quarantined rows."""
+    flagged = table[table[_ROW].isin(rows)].sort_values(_ROW)
+    out = []
+    for _, group in flagged.groupby("sha256", sort=False):
+        keep = group.iloc[0]
+        for _, dup in group.iloc[1:].iterrows():
+            why = ("listed more than once in the manifest" if dup["path"] == keep["path"]
+                   else f"duplicate content of {keep['path']}")
+            reasons.setdefault(int(dup[_ROW]), []).append(why)
+            out.append(int(dup[_ROW]))
+    return sorted(out)
+
+
+def _example_paths(table: pd.DataFrame, rows: list[int], max_items: int = 3) -> str:
+    if not rows:
+        return ""
+    names = [Path(table.at[i, "path"]).name for i in rows[:max_items]]
+    more = f" (+{len(rows) - max_items} more)" if len(rows) > max_items else ""
+    return f"{len(rows)} video(s): {', '.join(names)}{more}"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Register dtkd's Kubernetes stack on a deployed ZenML server (run once per server).
+#
+# A remote orchestrator needs, besides the cluster: a deployed ZenML server (`zenml login <url>`),
+# a remote artifact store, a container registry the cluster can pull from, and an image builder.
+# The MLflow tracking server must be reachable from the pods (an http(s) URI backed by a database,
+# not the local sqlite file). GPU limits are not stack settings: they are pod settings in
+# k8s/zenml-run-k8s.yaml (pod_settings.resources.limits["nvidia.com/gpu"]).
+#
+#   export DTKD_K8S_CONTEXT=my-cluster DTKD_ARTIFACT_URI=s3://my-bucket/zenml \
+#          DTKD_REGISTRY_URI=ghcr.io/my-org MLFLOW_URI=https://mlflow.example.com
+#   zenml secret create mlflow_auth --username=... --password=...
+#   bash k8s/zenml-stack.sh
+#   kubectl apply -f k8s/namespace.yaml -f k8s/pvc-data.yaml
+set -euo pipefail
+
+: "${DTKD_K8S_CONTEXT:?set DTKD_K8S_CONTEXT to the kubectl context of the cluster}"
+: "${DTKD_ARTIFACT_URI:?set DTKD_ARTIFACT_URI (s3://..., gs://... or az://...)}"
+: "${DTKD_REGISTRY_URI:?set DTKD_REGISTRY_URI (the container registry the cluster pulls from)}"
+: "${MLFLOW_URI:?set MLFLOW_URI (the MLflow tracking server, http(s)://...)}"
+NAMESPACE="${DTKD_K8S_NAMESPACE:-dtkd}"
+STACK="${DTKD_STACK:-dtkd_k8s}"
+export ZENML_ANALYTICS_OPT_IN=false
+
+case "$DTKD_ARTIFACT_URI" in
+  s3://*) STORE_FLAVOR=s3 ;;
+  gs://*) STORE_FLAVOR=gcp ;;
+  az://*|abfs://*) STORE_FLAVOR=azure ;;
+  *) echo "DTKD_ARTIFACT_URI must be s3://, gs:// or az://, got $DTKD_ARTIFACT_URI" >&2; exit 2 ;;
+esac
+
+# Integration requirements (the flavors' own clients). Do NOT `zenml integration install kubernetes`
+# or `great_expectations` into the project venv: their pins (kubernetes<26, great-expectations<1)
+# conflict with constraints.txt, and both flavors register without them.
+zenml integration install "$STORE_FLAVOR" mlflow -y
+
+exists() { zenml "$1" describe "$2" >/dev/null 2>&1; }
+
+exists orchestrator dtkd_k8s_orchestrator || zenml orchestrator register dtkd_k8s_orchestrator \
+  --flavor=kubernetes --kubernetes_context="$DTKD_K8S_CONTEXT" --kubernetes_namespace="$NAMESPACE"
+exists artifact-store dtkd_artifacts || zenml artifact-store register dtkd_artifacts \
+  --flavor="$STORE_FLAVOR" --path="$DTKD_ARTIFACT_URI"
+exists container-registry dtkd_registry || zenml container-registry register dtkd_registry \
+  --flavor=default --uri="$DTKD_REGISTRY_URI"
+exists image-builder dtkd_image_builder || zenml image-builder register dtkd_image_builder --flavor=local
+exists experiment-tracker dtkd_mlflow_remote || zenml experiment-tracker register dtkd_mlflow_remote \
+  --flavor=mlflow --tracking_uri="$MLFLOW_URI" \
+  --tracking_username='{{mlflow_auth.username}}' --tracking_password='{{mlflow_auth.password}}'
+exists model-registry dtkd_mlflow_registry_remote || zenml model-registry register dtkd_mlflow_registry_remote \
+  --flavor=mlflow
+
+exists stack "$STACK" || zenml stack register "$STACK" \
+  -o dtkd_k8s_orchestrator -a dtkd_artifacts -c dtkd_registry -i dtkd_image_builder \
+  -e dtkd_mlflow_remote -r dtkd_mlflow_registry_remote
+
+echo "stack $STACK registered; run with:"
+echo "  python -m dtkd_ops.runconfig configs/default.yaml k8s/zenml-run-k8s.yaml -o /tmp/run-k8s.yaml"
+echo "  zenml pipeline run pipelines.training.training_pipeline -c /tmp/run-k8s.yaml -s $STACK"

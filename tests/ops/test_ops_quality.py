@@ -1,0 +1,185 @@
+"""The Great Expectations data quality gate on real (tiny) videos: clean, corrupted, leaking."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ops_helpers import CLASSES, write_video
+from dtkd_ops.quality import DataQualityError, QualityRules, load_quality_rules, run_quality_gate
+
+
+def _check(report, name):
+    return next(r for r in report.results if r.check == name)
+
+
+def test_clean_dataset_passes_and_builds_data_docs(dataset, quality_rules, tmp_path):
+    _, manifest = dataset
+    report = run_quality_gate(manifest, quality_rules, docs_dir=tmp_path / "docs")
+    assert report.success, report.summary()
+    assert report.quarantined.empty
+    assert len(report.clean_manifest) == len(manifest) == 18
+    assert report.docs_path == (tmp_path / "docs" / "index.html").resolve()
+    assert report.docs_path.is_file()
+    assert list((tmp_path / "docs" / "validations").rglob("*.html")), "no validation pages in Data Docs"
+    assert report.summary().startswith("Data quality gate: PASSED")
+    assert report.raise_for_failure() is report
+    assert set(report.stats.columns) >= {"decodable", "frames", "fps", "width", "height", "duration_s", "sha256"}
+    assert (report.stats["frames"] == 16).all() and (report.stats["fps"] == 8.0).all()
+
+
+def test_corrupted_videos_are_quarantined_and_fail_over_the_fraction(dataset, quality_rules):
+    _, manifest = dataset
+    truncated, garbage = Path(manifest.path[0]), Path(manifest.path[1])
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage.write_bytes(b"this is not a video\n" * 64)
+
+    report = run_quality_gate(manifest, quality_rules)  # 2/18 = 11% > 10%
+    assert not report.success
+    reasons = dict(zip(report.quarantined.path, report.quarantined.reason))
+    assert set(reasons) == {str(truncated), str(garbage)}
+    assert reasons[str(garbage)].startswith("undecodable (")
+    assert "truncated: decoded" in reasons[str(truncated)]
+    assert truncated.exists() and garbage.exists(), "quarantine must never delete a file"
+    assert len(report.clean_manifest) == 16
+    assert not set(report.clean_manifest.path) & set(reasons)
+    assert not _check(report, "decodable").success and not _check(report, "complete").success
+    assert not report.failed_checks, "only the quarantine fraction should fail here"
+
+    with pytest.raises(DataQualityError) as exc:
+        report.raise_for_failure()
+    msg = str(exc.value)
+    assert msg.startswith("Data quality gate: FAILED") and "EXCEEDED" in msg
+    assert str(garbage) in msg and str(truncated) in msg
+
+
+def test_one_bad_video_under_the_fraction_passes_with_quarantine(dataset, quality_rules):
+    _, manifest = dataset
+    bad = Path(manifest.path[3])
+    bad.write_bytes(b"\x00" * 100)
+    report = run_quality_gate(manifest, quality_rules)  # 1/18 = 5.6% <= 10%
+    assert report.success, report.summary()
+    assert report.quarantined.path.tolist() == [str(bad)]
+    assert report.quarantine_fraction == pytest.approx(1 / 18)
+    assert str(bad) not in set(report.clean_manifest.path)
+    assert list(report.clean_manifest.columns) == list(manifest.columns)
+
+
+def test_video_id_in_two_splits_is_leakage(dataset, quality_rules):
+    _, manifest = dataset
+    leaked = manifest.iloc[0].copy()
+    leaked["split"] = "test"
+    manifest = pd.concat([manifest, leaked.to_frame().T], ignore_index=True)
+    report = run_quality_gate(manifest, quality_rules.model_copy(update={"max_quarantine_fraction": 0.5}))
+    assert not report.success
+    leak = _check(report, "id_leakage")
+    assert not leak.success and leak.failing == 1
+    assert f"{leaked['video_id']} in ['test', 'train']" in leak.detail
+    assert not _check(report, "content_leakage").success
+    assert "id_leakage" in report.summary() and "FAIL" in report.summary()
+
+
+def test_same_content_in_two_splits_is_leakage_and_a_duplicate(dataset, quality_rules):
+    root, manifest = dataset
+    src = Path(manifest.path[0])  # a train video of the first class
+    copy = root / CLASSES[0] / "renamed_copy.avi"
+    shutil.copy(src, copy)
+    row = {**manifest.iloc[0].to_dict(), "video_id": "renamed_copy", "path": str(copy), "split": "test"}
+    manifest = pd.concat([manifest, pd.DataFrame([row])], ignore_index=True)
+    report = run_quality_gate(manifest, quality_rules)
+    assert not report.success
+    assert not _check(report, "content_leakage").success
+    assert "renamed_copy.avi" in _check(report, "content_leakage").detail
+    assert _check(report, "id_leakage").success
+    assert report.quarantined.path.tolist() == [str(copy)]
+    assert report.quarantined.reason[0] == f"duplicate content of {src}"
+
+
+def test_resolution_fps_and_frame_count_rules(dataset, quality_rules, tmp_path):
+    _, manifest = dataset
+    small = write_video(tmp_path / "small.avi", size=16, seed=101)
+    slow = write_video(tmp_path / "slow.avi", fps=2, seed=102)
+    short = write_video(tmp_path / "short.avi", frames=4, seed=103)
+    extra = [{**manifest.iloc[i].to_dict(), "video_id": p.stem, "path": str(p)}
+             for i, p in zip((0, 6, 12), (small, slow, short))]
+    manifest = pd.concat([manifest, pd.DataFrame(extra)], ignore_index=True)
+    report = run_quality_gate(manifest, quality_rules.model_copy(update={"max_quarantine_fraction": 0.2}))
+    reasons = dict(zip(report.quarantined.path, report.quarantined.reason))
+    assert reasons[str(small)] == "width 16 < 32; height 16 < 32"
+    assert reasons[str(slow)] == "fps 2 outside [4, 60]"  # 16 frames at 2 fps = 8 s: duration ok
+    assert reasons[str(short)] == "4 frames < clip length 8; duration 0.50 s < 1 s"
+    assert report.success, report.summary()
+
+
+def test_label_set_and_class_balance(dataset, quality_rules):
+    _, manifest = dataset
+    rules = quality_rules.model_copy(update={"expected_labels": CLASSES + ["run"]})
+    report = run_quality_gate(manifest, rules)
+    assert not report.success
+    assert _check(report, "label_set").detail == "missing ['run']"
+    assert not _check(report, "videos_per_class").success  # 'run' has no videos in either split
+
+    # 4 vs 1 train videos per class > 2.0 allowed
+    keep = ~((manifest.label == CLASSES[1]) & (manifest.split == "train") & (manifest.video_id.str[-1] != "0"))
+    report = run_quality_gate(manifest[keep], quality_rules)
+    balance = _check(report, "class_balance")
+    assert not report.success and not balance.success
+    assert "train/" in balance.detail
+
+
+def test_unknown_split_and_missing_required_split(dataset, quality_rules):
+    _, manifest = dataset
+    manifest = manifest.copy()
+    manifest.loc[manifest.split == "test", "split"] = "holdout"
+    report = run_quality_gate(manifest, quality_rules)
+    assert not report.success
+    assert _check(report, "split_names").detail == "unknown split names ['holdout']"
+    assert _check(report, "required_splits").detail == "missing ['test']"
+
+
+def test_expected_num_classes_when_names_are_unknown(dataset):
+    _, manifest = dataset
+    ok = run_quality_gate(manifest, QualityRules(expected_num_classes=3, min_frames=8))
+    bad = run_quality_gate(manifest, QualityRules(expected_num_classes=6, min_frames=8))
+    assert ok.success and not bad.success
+    assert _check(bad, "label_set").detail == "observed 3"
+
+
+def test_report_write_is_complete(dataset, quality_rules, tmp_path):
+    _, manifest = dataset
+    Path(manifest.path[5]).write_bytes(b"garbage")
+    report = run_quality_gate(manifest, quality_rules)
+    out = report.write(tmp_path / "report")
+    data = json.loads((out / "report.json").read_text())
+    assert data["n_quarantined"] == 1 and data["success"] is True
+    assert data["checks"]["decodable"]["success"] is False
+    assert pd.read_csv(out / "quarantine.csv").path.tolist() == [manifest.path[5]]
+    assert len(pd.read_parquet(out / "clean_manifest.parquet")) == 17
+    assert (out / "summary.txt").read_text().startswith("Data quality gate: PASSED")
+
+
+def test_rules_and_manifest_errors_name_the_key(tmp_path, quality_rules):
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text("quality:\n  min_fpz: 3\n  max_fps: -1\n")
+    with pytest.raises(ValueError) as exc:
+        load_quality_rules(cfg)
+    assert str(cfg) in str(exc.value)
+    assert "quality.min_fpz" in str(exc.value) and "quality.max_fps" in str(exc.value)
+    with pytest.raises(ValueError, match="section 'quality' is missing"):
+        cfg.write_text("synthetic: {}\n")
+        load_quality_rules(cfg)
+    with pytest.raises(ValueError, match="min_fps .* greater than max_fps"):
+        QualityRules(min_fps=30, max_fps=10)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['split'\]"):
+        run_quality_gate(pd.DataFrame({"video_id": [], "path": [], "label": []}), quality_rules)
+
+
+def test_repo_data_config_rules_load():
+    from ops_helpers import REPO_ROOT
+
+    rules = load_quality_rules(REPO_ROOT / "configs" / "data.yaml")
+    assert rules.min_frames >= 1 and rules.max_quarantine_fraction <= 0.5
