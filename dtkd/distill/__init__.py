@@ -1,0 +1,40 @@
+"""DT-KD distillation: losses (pure functions), the SDB, and distillers chosen by name.
+
+Core library: imports torch and pydantic only (never zenml, mlflow or dvc).
+"""
+from . import losses
+from .config import DistillConfig
+from .diagnostics import DATWStats
+from .distiller import DISTILLERS, DistillOutput, Distiller, TeacherRef, build_distiller
+from .features import align_to_grid, global_pool
+from .methods import AT, DKD, DTKD, KD, MGD, RKD, PlainTraining
+from .projection import ClosedFormPhi, FeatureMoments
+from .sdb import SDB_VARIANTS, NonLocal3d, SqueezeExcite3d, StructureDiscrepancyBranch
+from .sdd import StructureDiscrepancyDistillation
+
+__all__ = [
+    "AT",
+    "DISTILLERS",
+    "DKD",
+    "DTKD",
+    "DATWStats",
+    "ClosedFormPhi",
+    "DistillConfig",
+    "DistillOutput",
+    "Distiller",
+    "FeatureMoments",
+    "KD",
+    "MGD",
+    "NonLocal3d",
+    "PlainTraining",
+    "RKD",
+    "SDB_VARIANTS",
+    "SqueezeExcite3d",
+    "StructureDiscrepancyBranch",
+    "StructureDiscrepancyDistillation",
+    "TeacherRef",
+    "align_to_grid",
+    "build_distiller",
+    "global_pool",
+    "losses",
+]

@@ -1,0 +1,75 @@
+"""Typed configuration of a distillation method (``DistillConfig``)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class DistillConfig(BaseModel):
+    """Which method to run and its hyper-parameters.
+
+    The paper gives no values for alpha, beta, gamma, tau, zeta, rho; the defaults below are
+    dtkd's own (see docs/method.md for the reasons). Total loss (Eq. 14):
+    CE + alpha * L_SR + beta * L_SD + gamma * L_RKD. A term whose toggle is off or whose
+    weight is 0 is not computed at all.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("dtkd", description="distiller registry name: none, kd, dkd, at, mgd, rkd, dtkd")
+
+    # Eq. 14 weights and the DT-KD hyper-parameters.
+    alpha: float = Field(1.0, ge=0, description="weight of L_SR (also of the KD baseline's term)")
+    beta: float = Field(1.0, ge=0, description="weight of L_SD")
+    gamma: float = Field(1.0, ge=0, description="weight of L_RKD (also of the RKD baseline)")
+    tau: float = Field(4.0, gt=0, description="temperature of L_SR, C_k, KD and DKD")
+    zeta: float = Field(0.5, ge=0, le=1, description="quantile of the residual mask M_res (Eq. 9)")
+    rho: float = Field(0.5, ge=0, le=1, description="quantile of the activation mask M_act (Eq. 10)")
+
+    # Ablations (Tables 5 and 6, and each loss on/off).
+    weighting: Literal["uniform", "confidence", "discrepancy", "datw"] = "datw"
+    weights_grad: bool = Field(False, description="let gradients flow through the DATW weights")
+    datw_eps: float = Field(1e-8, gt=0, description="epsilon of Eq. 6 and the uniform-fallback threshold")
+    sdb: Literal["nl", "se", "nl+se"] = "nl+se"
+    se_reduction: int = Field(16, ge=1)
+    use_sr: bool = True
+    use_sd: bool = True
+    use_rkd: bool = True
+
+    # The fixed projections of Eq. 8.
+    phi_vit: Literal["identity", "pca"] = "identity"
+    phi_dim: Optional[int] = Field(None, ge=1, description="PCA dimension d when phi_vit = 'pca'")
+    phi_ridge: float = Field(1e-3, ge=0, description="ridge strength of phi_CNN, relative to the mean feature variance")
+    prepare_max_batches: Optional[int] = Field(None, ge=1, description="cap on batches used to fit phi (None = all)")
+
+    # Shared.
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    baseline_teacher: Literal["vit", "cnn"] = Field("vit", description="role of the single teacher baselines use")
+
+    # Baselines (their authors' defaults, see docs/method.md).
+    dkd_alpha: float = Field(1.0, ge=0)
+    dkd_beta: float = Field(8.0, ge=0)
+    dkd_warmup_epochs: int = Field(5, ge=0)
+    at_weight: float = Field(500.0, ge=0, description="beta/2 of Zagoruyko's AT with beta = 1000")
+    at_p: float = Field(2.0, gt=0)
+    mgd_weight: float = Field(7e-5, ge=0, description="alpha_mgd (Yang et al. use a sum reduction)")
+    mgd_mask_ratio: float = Field(0.5, ge=0, lt=1)
+    mgd_kernel: int = Field(3, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from .distiller import DISTILLERS  # late: the registry imports this module
+
+        if v not in DISTILLERS:
+            raise ValueError(f"unknown distillation method {v!r}; known: {', '.join(DISTILLERS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _pca_needs_dim(self) -> "DistillConfig":
+        if self.phi_vit == "pca" and self.phi_dim is None:
+            raise ValueError("phi_vit='pca' needs phi_dim")
+        if self.phi_vit == "identity" and self.phi_dim is not None:
+            raise ValueError("phi_dim is only used with phi_vit='pca'")
+        return self

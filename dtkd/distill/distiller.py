@@ -1,0 +1,279 @@
+"""The ``Distiller`` base class, its registry, and ``build_distiller``.
+
+A Distiller wraps the plain student, the frozen teachers and the training-only parts of
+one method (SDB, generator, ...). ``forward`` returns the total loss (CE included) and the
+named terms; ``distiller.student`` stays a plain student that can be saved and exported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dtkd.registry import Registry
+
+from .config import DistillConfig
+from .features import TapFactory, default_tap_factory
+
+DISTILLERS: Registry = Registry("distiller")
+
+TeacherOutputs = dict[str, dict[str, Tensor]]
+_RESERVED_VIEWS = ("student",)
+
+
+@dataclass
+class TeacherRef:
+    """A teacher and how to use it. ``model`` may be None when its outputs always come cached."""
+
+    name: str
+    model: Optional[nn.Module]
+    spec: Any
+    role: Literal["vit", "cnn"]
+
+    def __post_init__(self) -> None:
+        if self.role not in ("vit", "cnn"):
+            raise ValueError(f"teacher {self.name!r}: role must be 'vit' or 'cnn', got {self.role!r}")
+        if not self.name or "." in self.name or self.name in _RESERVED_VIEWS:
+            raise ValueError(f"invalid teacher name {self.name!r} (non-empty, no '.', not 'student')")
+
+
+@dataclass
+class DistillOutput:
+    logits: Tensor  # student logits (B, N), with graph
+    losses: dict[str, Tensor]  # named terms, unweighted and detached, for logging
+    loss: Tensor  # total to back-propagate: CE + sum of weighted terms
+
+
+def feature_channels(spec: Any, who: str) -> int:
+    """Channel count of a model's tapped map, from ``spec.feature_dim``."""
+    c = getattr(spec, "feature_dim", None)
+    if not isinstance(c, int) or c <= 0:
+        raise ValueError(f"{who}: spec.feature_dim must be the channel count of the tapped feature map, got {c!r}")
+    return c
+
+
+def unpack_batch(batch: Any) -> tuple[Mapping[str, Tensor], Optional[Mapping[str, Any]]]:
+    """Views and optional cached teacher outputs from a loader batch (dict or (inputs, ...))."""
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    if isinstance(batch, Mapping) and "inputs" in batch:
+        return batch["inputs"], batch.get("teacher_outputs")
+    if isinstance(batch, Mapping):
+        return batch, None
+    raise TypeError(f"cannot read views from a batch of type {type(batch).__name__}")
+
+
+class Distiller(nn.Module):
+    """Base class: CE on the student plus the weighted terms of ``distill_terms``.
+
+    Subclasses set ``active_teachers`` (names whose outputs they need), ``feature_teachers``
+    (the subset whose feature maps they need), ``needs_student_features`` and implement
+    ``distill_terms``.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        student: nn.Module,
+        student_spec: Any,
+        teachers: Sequence[TeacherRef] = (),
+        *,
+        tap_factory: Optional[TapFactory] = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.student = student
+        self.student_spec = student_spec
+        self._tap_factory = tap_factory
+        refs = list(teachers)
+        names = [t.name for t in refs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        self.teacher_names = names
+        self.teacher_roles = {t.name: t.role for t in refs}
+        self.teacher_specs = {t.name: t.spec for t in refs}
+        self.teachers = nn.ModuleDict({t.name: t.model for t in refs if t.model is not None})
+        self.teachers.requires_grad_(False)
+        self.teachers.eval()
+        self.active_teachers: list[str] = []
+        self.feature_teachers: set[str] = set()
+        self.needs_student_features = False
+        self.epoch: Optional[int] = None
+
+    # ----- what subclasses implement -------------------------------------------------------
+    def distill_terms(
+        self, logits: Tensor, features: Optional[Tensor], teachers: TeacherOutputs, target: Tensor
+    ) -> dict[str, tuple[float, Tensor]]:
+        """name -> (weight, unweighted loss); the total adds weight * loss to CE."""
+        return {}
+
+    # ----- teachers ------------------------------------------------------------------------
+    def teacher_with_role(self, role: str) -> str:
+        for name in self.teacher_names:
+            if self.teacher_roles[name] == role:
+                return name
+        have = ", ".join(f"{n} ({self.teacher_roles[n]})" for n in self.teacher_names) or "none"
+        raise ValueError(f"method {self.name!r} needs a teacher with role {role!r}; got: {have}")
+
+    def _use_teachers(self, names: Iterable[str], features: bool) -> None:
+        for n in names:
+            if n not in self.active_teachers:
+                self.active_teachers.append(n)
+            if features:
+                self.feature_teachers.add(n)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        """Teachers stay in eval mode whatever the mode: their BN statistics never move."""
+        super().train(mode)
+        self.teachers.eval()
+        return self
+
+    def _run(self, model: nn.Module, spec: Any, x: Tensor, features: bool, who: str) -> tuple[Tensor, Optional[Tensor]]:
+        """Logits and, if asked, the tapped 5-D map. The hook lives only for this call, so the
+        student carries no hook (and no captured tensor) outside the distiller."""
+        if not features:
+            return model(x), None
+        tap = (self._tap_factory or default_tap_factory())(model, spec)
+        try:
+            logits = model(x)
+            feat = tap.features
+        finally:
+            tap.remove()
+        if feat is None or feat.dim() != 5:
+            raise RuntimeError(f"{who}: feature tap {getattr(spec, 'tap', '?')!r} gave no 5-D map")
+        expected = getattr(spec, "feature_dim", None)
+        if isinstance(expected, int) and feat.shape[1] != expected:
+            raise ValueError(
+                f"{who}: spec.feature_dim={expected} but the tapped map {getattr(spec, 'tap', '?')!r} "
+                f"has {feat.shape[1]} channels"
+            )
+        return logits, feat
+
+    @staticmethod
+    def _view(batch_inputs: Mapping[str, Tensor], name: str) -> Tensor:
+        try:
+            return batch_inputs[name]
+        except KeyError:
+            raise KeyError(f"batch_inputs has no view {name!r}; views: {sorted(batch_inputs)}") from None
+
+    @torch.no_grad()
+    def teacher_forward(
+        self, batch_inputs: Mapping[str, Tensor], names: Optional[Sequence[str]] = None, features: bool = True
+    ) -> TeacherOutputs:
+        """Run teachers on their views: name -> {"logits", "features"} (no gradient).
+
+        The code path ``forward`` uses, so a teacher cache can be built with it. ``names``
+        defaults to the teachers this method uses; ``features=False`` skips the feature maps.
+        """
+        out: TeacherOutputs = {}
+        for name in self.active_teachers if names is None else names:
+            if name not in self.teachers:
+                raise RuntimeError(f"teacher {name!r} has no model; pass its outputs in teacher_outputs")
+            x = self._view(batch_inputs, name)
+            logits, feat = self._run(self.teachers[name], self.teacher_specs[name], x, features, f"teacher {name!r}")
+            out[name] = {"logits": logits} if feat is None else {"logits": logits, "features": feat}
+        return out
+
+    def _gather_teachers(
+        self,
+        batch_inputs: Mapping[str, Tensor],
+        teacher_outputs: Optional[Mapping[str, Mapping[str, Tensor]]],
+        device: torch.device,
+        names: Optional[Sequence[str]] = None,
+    ) -> TeacherOutputs:
+        """Cached outputs where given, live teacher forwards for the rest."""
+        out: TeacherOutputs = {}
+        run_feat: list[str] = []
+        run_plain: list[str] = []
+        for name in self.active_teachers if names is None else names:
+            need_feat = name in self.feature_teachers
+            cached = teacher_outputs.get(name) if teacher_outputs else None
+            if cached is None:
+                (run_feat if need_feat else run_plain).append(name)
+                continue
+            missing = [k for k in ("logits", "features") if k not in cached and (k == "logits" or need_feat)]
+            if missing:
+                raise KeyError(f"teacher_outputs[{name!r}] lacks {missing}")
+            out[name] = {k: v.to(device, non_blocking=True) for k, v in cached.items() if k in ("logits", "features")}
+        if run_feat:
+            out.update(self.teacher_forward(batch_inputs, run_feat, features=True))
+        if run_plain:
+            out.update(self.teacher_forward(batch_inputs, run_plain, features=False))
+        return out
+
+    # ----- training interface --------------------------------------------------------------
+    def forward(
+        self,
+        batch_inputs: Mapping[str, Tensor],
+        target: Tensor,
+        teacher_outputs: Optional[Mapping[str, Mapping[str, Tensor]]] = None,
+    ) -> DistillOutput:
+        x = self._view(batch_inputs, "student")
+        logits, feat = self._run(self.student, self.student_spec, x, self.needs_student_features, "student")
+        teachers = self._gather_teachers(batch_inputs, teacher_outputs, logits.device) if self.active_teachers else {}
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.label_smoothing)
+        terms = self.distill_terms(logits, feat, teachers, target)
+        loss = ce
+        for weight, value in terms.values():
+            loss = loss + weight * value
+        losses = {"ce": ce.detach(), **{k: v.detach() for k, (_, v) in terms.items()}}
+        return DistillOutput(logits=logits, losses=losses, loss=loss)
+
+    def prepare(self, loader: Iterable[Any], max_batches: Optional[int] = None) -> dict[str, float]:
+        """One-off fitting before training (closed-form phi for DT-KD); returns fit statistics."""
+        return {}
+
+    @property
+    def needs_prepare(self) -> bool:
+        """True while ``prepare(loader)`` must still run before the first training step."""
+        return False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the method the 0-based epoch about to run (DKD's warm-up uses it)."""
+        self.epoch = int(epoch)
+
+    def epoch_diagnostics(self) -> dict[str, Any]:
+        """{"scalars": {name: float}, "histograms": {name: {"edges", "counts"}}}, then reset."""
+        return {"scalars": {}, "histograms": {}}
+
+    # ----- parameters and state ------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student + training-only heads; never a teacher parameter."""
+        return [p for n, p in self.named_parameters() if not n.startswith("teachers.") and p.requires_grad]
+
+    def student_state_dict(self) -> dict[str, Tensor]:
+        """The plain student's state_dict: no SDB, projection or generator in it."""
+        return self.student.state_dict()
+
+    def training_state_dict(self) -> dict[str, Tensor]:
+        """Everything needed to resume (student, heads, fitted phi) without the teachers."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teachers.")}
+
+    def load_training_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        result = self.load_state_dict(dict(state), strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("teachers.")]
+        if missing or result.unexpected_keys:
+            raise KeyError(f"training state mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+def build_distiller(
+    cfg: DistillConfig | Mapping[str, Any],
+    student: nn.Module,
+    student_spec: Any,
+    teachers: Sequence[TeacherRef] = (),
+    *,
+    tap_factory: Optional[TapFactory] = None,
+) -> Distiller:
+    """The registered Distiller named by ``cfg.method``, built around the given models.
+
+    ``tap_factory(model, spec)`` defaults to ``dtkd.models.FeatureTap``; tests may pass their own.
+    """
+    if not isinstance(cfg, DistillConfig):
+        cfg = DistillConfig.model_validate(cfg)
+    cls = DISTILLERS.get(cfg.method)
+    return cls(cfg, student, student_spec, teachers, tap_factory=tap_factory)

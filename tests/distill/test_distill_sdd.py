@@ -1,0 +1,129 @@
+"""The closed-form phi, the SDB and the L_SD module."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtkd.distill import (
+    ClosedFormPhi,
+    FeatureMoments,
+    NonLocal3d,
+    SqueezeExcite3d,
+    StructureDiscrepancyBranch,
+    StructureDiscrepancyDistillation,
+    align_to_grid,
+)
+
+
+def _linear_teachers(n_batches=4, seed=0, noise=0.0):
+    """CNN maps x (5 ch) and ViT maps y = A x + b (+ noise) (7 ch) on a 2x3x3 grid."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(7, 5, generator=g), torch.randn(7, generator=g)
+    pairs = []
+    for _ in range(n_batches):
+        x = torch.randn(4, 5, 2, 3, 3, generator=g)
+        y = torch.einsum("dc,bcthw->bdthw", a, x) + b[:, None, None, None]
+        pairs.append((x, y + noise * torch.randn(y.shape, generator=g)))
+    return pairs
+
+
+def test_ridge_phi_recovers_a_linear_relation():
+    phi = ClosedFormPhi(vit_channels=7, cnn_channels=5, ridge=1e-9)
+    moments = FeatureMoments()
+    pairs = _linear_teachers()
+    for x, y in pairs:
+        moments.update(x, y)
+    stats = phi.fit(moments)
+    assert stats["phi/r2"] == pytest.approx(1.0, abs=1e-6)
+    x, y = pairs[0]
+    res = phi(y, x)
+    assert res.shape == y.shape and res.abs().max() < 1e-3
+    assert not res.requires_grad
+
+
+def test_residual_is_zero_mean_and_orthogonal_to_cnn_features():
+    phi = ClosedFormPhi(7, 5, ridge=0.0)
+    moments = FeatureMoments()
+    pairs = _linear_teachers(noise=1.0)
+    for x, y in pairs:
+        moments.update(x, y)
+    stats = phi.fit(moments)
+    assert 0.0 < stats["phi/r2"] < 1.0
+    x = torch.cat([p[0] for p in pairs])
+    res = phi(torch.cat([p[1] for p in pairs]), x)
+    rows_r = res.movedim(1, -1).reshape(-1, 7).double()
+    rows_x = x.movedim(1, -1).reshape(-1, 5).double()
+    assert rows_r.mean(0).abs().max() < 1e-4  # the intercept is fitted
+    cross = (rows_x - rows_x.mean(0)).T @ rows_r / rows_r.shape[0]  # normal equations
+    assert cross.abs().max() < 1e-4
+
+
+def test_pca_phi_vit_is_an_orthonormal_projection():
+    phi = ClosedFormPhi(7, 5, out_channels=3)
+    moments = FeatureMoments()
+    for x, y in _linear_teachers(noise=0.5):
+        moments.update(x, y)
+    stats = phi.fit(moments)
+    u = phi.vit_weight.double()
+    torch.testing.assert_close(u @ u.T, torch.eye(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert 0.0 < stats["phi/pca_explained_variance"] <= 1.0
+    x, y = _linear_teachers(1, seed=3)[0]
+    assert phi(y, x).shape == (4, 3, 2, 3, 3)
+
+
+def test_unfitted_phi_refuses_to_run():
+    phi = ClosedFormPhi(7, 5)
+    with pytest.raises(RuntimeError, match="prepare"):
+        phi(torch.randn(1, 7, 1, 1, 1), torch.randn(1, 5, 1, 1, 1))
+
+
+def test_nonlocal_starts_as_identity_and_se_keeps_shape():
+    x = torch.randn(2, 8, 3, 4, 4)
+    nl = NonLocal3d(8)
+    assert nl.inner == 4
+    torch.testing.assert_close(nl(x), x)
+    assert SqueezeExcite3d(32, 16).fc1.out_channels == 2
+    assert SqueezeExcite3d(8)(x).shape == x.shape
+
+
+@pytest.mark.parametrize("variant", ["nl", "se", "nl+se"])
+def test_sdb_variants(variant):
+    sdb = StructureDiscrepancyBranch(6, 11, variant)
+    x = torch.randn(2, 6, 3, 4, 4, requires_grad=True)
+    y = sdb(x)
+    assert y.shape == (2, 11, 3, 4, 4)
+    y.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    has_nl = any(isinstance(m, NonLocal3d) for m in sdb.modules())
+    has_se = any(isinstance(m, SqueezeExcite3d) for m in sdb.modules())
+    assert (has_nl, has_se) == ("nl" in variant, "se" in variant)
+
+
+def test_sdb_rejects_unknown_variant():
+    with pytest.raises(ValueError, match="nl\\+se"):
+        StructureDiscrepancyBranch(4, 4, "attention")
+
+
+def test_sd_module_aligns_grids_and_trains_only_the_student_side():
+    sdd = StructureDiscrepancyDistillation(6, 7, 5, variant="nl+se", zeta=0.5, rho=0.5)
+    moments = FeatureMoments()
+    grid = (2, 3, 3)
+    vit = torch.randn(4, 7, 4, 6, 6)  # finer teacher grids are pooled to the student's
+    cnn = torch.randn(4, 5, 2, 5, 5)
+    sdd.accumulate(moments, vit, cnn, grid)
+    sdd.accumulate(moments, vit + 1, cnn * 2, grid)
+    sdd.phi.fit(moments)
+    student = torch.randn(4, 6, *grid, requires_grad=True)
+    loss = sdd(student, vit, cnn)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert student.grad.abs().sum() > 0
+    # 1/2 * 1/2 of the locations survive on average (independent random maps).
+    assert 0.0 < sdd.mask_fraction.mean() <= 0.5
+    assert sum(p.numel() for p in sdd.phi.parameters()) == 0  # phi is fixed: buffers only
+
+
+def test_align_to_grid_upsamples_and_downsamples():
+    f = torch.randn(2, 3, 8, 7, 7)
+    assert align_to_grid(f, (13, 5, 5)).shape == (2, 3, 13, 5, 5)
+    assert align_to_grid(f, (8, 7, 7)) is f
