@@ -1,0 +1,181 @@
+"""The training loop: it learns, reports exact metrics, clips, guards against NaN, resumes."""
+import math
+
+import pytest
+import torch
+from engine_helpers import ToyClips, fast_cfg, toy_distiller, weights
+
+from dtkd.engine import History, NonFiniteLossError, Trainer
+from dtkd.engine.checkpoint import CheckpointManager
+from dtkd.engine.optim import LRFactor
+from dtkd.engine.sampling import EpochSampler
+from dtkd.engine.trainer import resolve_amp
+
+
+def test_it_learns_and_reports_one_metrics_dict_per_epoch():
+    hist = History()
+    cfg = fast_cfg(epochs=10, lr=0.01, optimizer="adamw", scheduler="cosine", log_every=5)
+    result = Trainer(toy_distiller(), cfg, callbacks=[hist], progress=False).fit(ToyClips(24), ToyClips(9, train=False, seed=1))
+    losses = [h["train_loss"] for h in result.history]
+    assert len(result.history) == 10 and [e for e, _ in hist.epochs] == list(range(10))
+    assert losses[-1] < losses[0] - 0.15
+    assert result.final_metrics["val_top1"] > 1 / 3 and result.final_metrics["val_n"] == 9
+    assert result.best["val_top1"] == max(h["val_top1"] for h in result.history)
+    assert result.nonfinite_skipped == 0
+    # 24 clips / batch 4 = 6 steps per epoch, a step callback every 5 steps.
+    assert [s for s, _ in hist.steps] == list(range(5, 61, 5))
+    # The terms the distiller reports are averaged like the loss: CE is the only one here.
+    assert result.history[0]["train_loss/ce"] == pytest.approx(result.history[0]["train_loss"])
+
+
+def test_epoch_metrics_are_exact_sample_means():
+    seen = []  # what each step trained on, straight from the distiller
+    d = toy_distiller()
+    forward = d.forward
+
+    def recording_forward(inputs, target, teacher_outputs=None):
+        out = forward(inputs, target, teacher_outputs)
+        seen.append((out.loss.item(), (out.logits.argmax(1) == target).sum().item(), len(target)))
+        return out
+
+    d.forward = recording_forward
+    r = Trainer(d, fast_cfg(epochs=1, lr=0.0001), progress=False).fit(ToyClips(12))
+    n = sum(c for _, _, c in seen)
+    assert r.history[0]["train_loss"] == pytest.approx(sum(l * c for l, _, c in seen) / n)
+    assert r.history[0]["train_top1"] == pytest.approx(sum(k for _, k, _ in seen) / n)
+
+
+def test_logged_learning_rate_follows_the_schedule():
+    hist = History()
+    cfg = fast_cfg(epochs=3, lr=0.1, milestones=[1, 2], gamma=0.5, warmup_epochs=0.5)
+    Trainer(toy_distiller(), cfg, callbacks=[hist], progress=False).fit(ToyClips(16))
+    f = LRFactor(cfg, steps_per_epoch=4)
+    # on_step_end(step) reports the lr the NEXT step will use (the scheduler has stepped).
+    assert [m["lr"] for _, m in hist.steps] == pytest.approx([0.1 * f(s) for s in range(1, 13)])
+
+
+def test_gradient_clipping_bounds_every_update():
+    # Plain SGD (no momentum, no decay): each update is exactly lr * clipped gradient.
+    d = toy_distiller()
+    lr, clip = 0.5, 0.01
+    snaps = [torch.cat([p.detach().flatten().clone() for p in d.trainable_parameters()])]
+
+    class Snap:
+        def on_step_end(self, step, metrics):
+            snaps.append(torch.cat([p.detach().flatten().clone() for p in d.trainable_parameters()]))
+
+        def on_epoch_end(self, epoch, metrics):
+            pass
+
+    cfg = fast_cfg(epochs=1, lr=lr, momentum=0.0, weight_decay=0.0, grad_clip=clip)
+    Trainer(d, cfg, callbacks=[Snap()], progress=False).fit(ToyClips(16))
+    norms = [(b - a).norm().item() for a, b in zip(snaps, snaps[1:])]
+    assert len(norms) == 4
+    # The toy's raw gradient norm is far above 0.01, so every step is clipped to exactly lr*clip.
+    assert norms == pytest.approx([lr * clip] * 4, rel=1e-3)
+
+
+def test_amp_resolution():
+    assert resolve_amp("auto", torch.device("cpu")) is None
+    assert resolve_amp("auto", torch.device("cuda")) is torch.bfloat16
+    assert resolve_amp("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_amp("off", torch.device("cuda")) is None
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_amp("fp16", torch.device("cpu"))
+
+
+def test_bf16_autocast_trains_on_cpu():
+    r = Trainer(toy_distiller(), fast_cfg(epochs=1, amp="bf16"), progress=False).fit(ToyClips(8), ToyClips(3, train=False))
+    assert math.isfinite(r.final_metrics["train_loss"]) and math.isfinite(r.final_metrics["val_loss"])
+
+
+def test_distiller_is_told_each_epoch():
+    d = toy_distiller()
+    epochs = []
+    d.set_epoch = epochs.append
+    Trainer(d, fast_cfg(epochs=3), progress=False).fit(ToyClips(8))
+    assert epochs == [0, 1, 2]
+
+
+def _batches_with(nan: set, n: int, batch: int, epoch: int, seed: int = 0) -> list[int]:
+    s = EpochSampler(n, batch, seed=seed)
+    s.set_epoch(epoch)
+    idx = [k.index for k in s]
+    return [j for j in range(len(idx) // batch) if nan & set(idx[j * batch : (j + 1) * batch])]
+
+
+def test_a_nonfinite_loss_skips_the_step_and_is_counted():
+    nan = {3}
+    bad = _batches_with(nan, 16, 4, epoch=0)
+    d = toy_distiller()
+    before = {}
+
+    class Watch:
+        def __init__(self):
+            self.prev = weights(d)
+            self.unchanged = []
+
+        def on_step_end(self, step, metrics):
+            now = weights(d)
+            self.unchanged.append(all(torch.equal(now[k], self.prev[k]) for k in now))
+            self.prev = now
+
+        def on_epoch_end(self, epoch, metrics):
+            before[epoch] = metrics
+
+    w = Watch()
+    r = Trainer(d, fast_cfg(epochs=1, max_nonfinite=2), callbacks=[w], progress=False).fit(ToyClips(16, nan_indices=nan))
+    assert r.nonfinite_skipped == len(bad) == 1 and before[0]["nonfinite_skipped"] == 1
+    assert [j for j, same in enumerate(w.unchanged) if same] == bad  # exactly the NaN step left weights alone
+    assert all(torch.isfinite(v).all() for v in weights(d).values())
+    assert math.isfinite(r.final_metrics["train_loss"])  # NaN steps are not averaged in
+
+
+def test_consecutive_nonfinite_losses_stop_the_run_with_the_last_checkpoint_intact(tmp_path):
+    data = ToyClips(16)
+    d = toy_distiller()
+    good = {}
+
+    class PoisonAfterFirstEpoch:
+        def on_epoch_end(self, epoch, metrics):
+            good.update(weights(d))
+            data.nan = set(range(16))  # every later batch is NaN
+
+    cfg = fast_cfg(epochs=3, max_nonfinite=3)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite") as err:
+        Trainer(d, cfg, callbacks=[PoisonAfterFirstEpoch()], checkpoint_dir=tmp_path, progress=False).fit(data)
+    ckpts = CheckpointManager(tmp_path).list()
+    assert [p.name for p in ckpts] == ["ckpt-000000004.pt"]  # end of epoch 0 (4 steps); nothing after
+    assert str(ckpts[0]) in str(err.value)
+    assert all(torch.equal(weights(d)[k], good[k]) for k in good)  # no NaN step touched the weights
+    saved = torch.load(ckpts[0], weights_only=True)["model"]
+    assert all(torch.equal(saved[f"student.{k}"], v) for k, v in good.items())
+
+
+def test_channels_last_trains_to_the_same_weights():
+    runs = []
+    for cl in (False, True):
+        d = toy_distiller()
+        Trainer(d, fast_cfg(epochs=1, channels_last=cl), progress=False).fit(ToyClips(8))
+        runs.append(weights(d))
+        if cl:
+            assert d.student.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    for k in runs[0]:
+        torch.testing.assert_close(runs[1][k], runs[0][k], rtol=1e-4, atol=1e-6)
+
+
+def test_compile_option_compiles_the_training_module(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: compiled.append(type(self).__name__))
+    Trainer(toy_distiller(), fast_cfg(epochs=1, compile=True), progress=False).fit(ToyClips(8))
+    assert compiled == ["ToyDistiller"]
+
+
+def test_a_cache_built_for_other_clips_is_refused(tmp_path):
+    from dtkd.engine import TeacherCache
+    from dtkd.engine.sampling import SeededViews
+
+    d = toy_distiller(teachers=True)
+    cache = TeacherCache.build(d, SeededViews(ToyClips(8, views=("student", "cnn", "vit")), seed=1), tmp_path, num_views=1)
+    with pytest.raises(ValueError, match="would not see the cached views"):
+        Trainer(d, fast_cfg(epochs=1, seed=0), teacher_cache=cache, progress=False).fit(ToyClips(8))
