@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install stack run test test-fast bench clean
+.PHONY: setup install stack data run retrain schedule test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -35,8 +35,21 @@ stack: install
 
 setup: stack
 
-run: setup
+# DVC data stages (generate -> manifest -> quality -> store); the stage commands call `python`.
+data: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc push -q
+
+run: setup data
 	$(VENV)/bin/zenml pipeline run $(PIPELINE) -c $(CONFIG)
+
+# Retrain only if the DVC data version changed since the champion (pipelines/retraining.py).
+retrain: setup data
+	$(VENV)/bin/zenml pipeline run pipelines.retraining.retraining_pipeline -c $(CONFIG)
+
+# Needs an orchestrator that can schedule (Kubernetes); on the local stack it says why it cannot.
+schedule: setup
+	$(PY) -m pipelines.schedule -c $(CONFIG)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -131,13 +131,14 @@ def train_teacher(
     *,
     callbacks: Sequence = (),
     device: torch.device | None = None,
+    checkpoint_dir: str | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """Fine-tune one teacher with cross-entropy (the `none` distiller) on the train split."""
     n = num_classes_of(manifest)
     built = build_model(ref, n)
     views = {STUDENT_VIEW: built.view}
     distiller = build_distiller(DistillConfig(method="none"), built.model, built.spec, [])
-    trainer = Trainer(distiller, train_cfg, device=device or default_device(), callbacks=list(callbacks))
+    trainer = Trainer(distiller, train_cfg, device=device or default_device(), callbacks=list(callbacks), checkpoint_dir=checkpoint_dir)
     result = trainer.fit(
         make_loader(manifest, "train", views, train=True, batch_size=train_cfg.batch_size, data_cfg=data_cfg, seed=train_cfg.seed),
         make_loader(manifest, "test", views, train=False, batch_size=train_cfg.batch_size, data_cfg=data_cfg),
@@ -155,6 +156,7 @@ def distill_student(
     *,
     callbacks: Sequence = (),
     device: torch.device | None = None,
+    checkpoint_dir: str | None = None,
 ) -> tuple[nn.Module, TrainResult, list[dict]]:
     """Distil a fresh student from frozen teachers ({"cnn": (model, ref), "vit": (model, ref)})."""
     n = num_classes_of(manifest)
@@ -165,15 +167,17 @@ def distill_student(
         views[role] = view_for(ref)
         refs.append(TeacherRef(name=role, model=model, spec=models.get_spec(ref.name), role=role))
     distiller = build_distiller(distill_cfg, student.model, student.spec, refs)
+    # Trainer.fit runs distiller.prepare (the closed-form phi fit) itself when the method needs it.
     train_loader = make_loader(manifest, "train", views, train=True, batch_size=train_cfg.batch_size, data_cfg=data_cfg, seed=train_cfg.seed)
-    distiller.prepare(train_loader)
     diagnostics: list[dict] = []
 
     class _Diagnostics:
         def on_epoch_end(self, epoch: int, metrics: dict) -> None:
             diagnostics.append({"epoch": epoch, **distiller.epoch_diagnostics()})
 
-    trainer = Trainer(distiller, train_cfg, device=device or default_device(), callbacks=[_Diagnostics(), *callbacks])
+    trainer = Trainer(
+        distiller, train_cfg, device=device or default_device(), callbacks=[_Diagnostics(), *callbacks], checkpoint_dir=checkpoint_dir
+    )
     val_loader = make_loader(manifest, "test", {STUDENT_VIEW: student.view}, train=False, batch_size=train_cfg.batch_size, data_cfg=data_cfg)
     result = trainer.fit(train_loader, val_loader)
     return distiller.student.eval(), result, diagnostics

@@ -13,6 +13,7 @@ from dtkd.config import ModelsConfig
 from dtkd.data.config import DataConfig
 from dtkd.distill import DistillConfig
 from dtkd.engine import TrainConfig
+from steps.checkpoints import checkpoint_dir, state_fingerprint
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
 
 
@@ -38,6 +39,10 @@ def distill_student(
         train_cfg,
         DataConfig.model_validate(data),
         callbacks=[MlflowEpochLogger(prefix="student/")],
+        checkpoint_dir=checkpoint_dir(
+            "student", models, distill, train, data, workflows.manifest_fingerprint(manifest),
+            state_fingerprint(cnn_teacher), state_fingerprint(vit_teacher),
+        ),
     )
     for entry in diagnostics:
         scalars = {f"datw/{k}": float(v) for k, v in workflows.flat_scalars(entry).items() if k != "epoch"}

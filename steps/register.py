@@ -6,14 +6,15 @@ from typing import Annotated
 
 import pandas as pd
 from torch import nn
-from zenml import log_metadata, step
+from zenml import get_step_context, log_metadata, step
+from zenml.enums import ModelStages
 
 from dtkd import workflows
 from dtkd.config import validate_config
 from dtkd_ops import gate as promotion
 from dtkd_ops import registry as mlflow_registry
-from dtkd_ops.data_version import data_version
 from dtkd_ops.evaluation import budget_metrics
+from steps.data_version import current_data_tags
 from steps.tracking import TRACKED
 
 
@@ -28,7 +29,7 @@ def register_student(
         registered_name=name,
         metrics=test_metrics,
         params={"student": cfg.models.student.name, "method": cfg.distill.method},
-        tags={"dtkd.role": "student", **data_version(".").tags()},
+        tags={"dtkd.role": "student", **current_data_tags()},
         dataset_fingerprint=workflows.manifest_fingerprint(manifest),
         input_spec=workflows.input_spec(cfg.models.student),
     )
@@ -53,5 +54,30 @@ def register_student(
         gate_cfg,
         dry_run=not cfg.registry.auto_promote,
     )
-    log_metadata(metadata={"version": candidate.version, "promoted": decision.promote, "report": decision.report})
-    return {"registered_model": name, "version": candidate.version, "promoted": decision.promote, "reasons": decision.reasons}
+    promoted = decision.promote and cfg.registry.auto_promote
+    log_metadata(metadata={"version": candidate.version, "promoted": promoted, "report": decision.report})
+    _mirror_in_model_control_plane(candidate, promoted, test_metrics, decision)
+    return {
+        "registered_model": name,
+        "version": candidate.version,
+        "gate_passed": decision.promote,
+        "promoted": promoted,
+        "reasons": decision.reasons,
+    }
+
+
+def _mirror_in_model_control_plane(candidate, promoted: bool, test_metrics: dict, decision) -> None:
+    """The run's ZenML Model version (which already links this run's artifacts) records the MLflow
+    version it became, and its stage mirrors the MLflow aliases: champion -> production,
+    challenger -> staging (one version per stage; `force` archives the one it replaces)."""
+    model = get_step_context().model
+    if model is None:  # the pipeline was configured without a ZenML Model
+        return
+    model.log_metadata(
+        {
+            "mlflow": {"registered_model": candidate.name, "version": int(candidate.version), "uri": candidate.uri},
+            "test_metrics": {k: float(v) for k, v in test_metrics.items()},
+            "gate": {"passed": decision.promote, "reasons": list(decision.reasons)},
+        }
+    )
+    model.set_stage(ModelStages.PRODUCTION if promoted else ModelStages.STAGING, force=True)

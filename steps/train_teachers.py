@@ -13,7 +13,8 @@ from dtkd.config import RegistryConfig, TeacherRef
 from dtkd.data.config import DataConfig
 from dtkd.engine import TrainConfig
 from dtkd_ops import registry as mlflow_registry
-from dtkd_ops.data_version import data_version
+from steps.checkpoints import checkpoint_dir
+from steps.data_version import current_data_tags
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
 
 
@@ -30,7 +31,12 @@ def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: 
     data_cfg = DataConfig.model_validate(data)
     log_params_flat({"model": model, "train": train}, prefix=f"{role}_teacher.")
     teacher, result = workflows.train_teacher(
-        manifest, ref, train_cfg, data_cfg, callbacks=[MlflowEpochLogger(prefix=f"{role}_teacher/")]
+        manifest,
+        ref,
+        train_cfg,
+        data_cfg,
+        callbacks=[MlflowEpochLogger(prefix=f"{role}_teacher/")],
+        checkpoint_dir=checkpoint_dir(f"{role}_teacher", model, train, data, workflows.manifest_fingerprint(manifest)),
     )
     evaluation = workflows.evaluate_model(teacher, ref, manifest, workflows.EvalConfig(), data_cfg)
     metrics = {"top1": evaluation.top1, "top5": evaluation.top5}
@@ -40,7 +46,7 @@ def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: 
         registered_name=registered_name,
         metrics=metrics,
         params={"model": ref.name, "role": role},
-        tags={"dtkd.role": f"{role}_teacher", **data_version(".").tags()},
+        tags={"dtkd.role": f"{role}_teacher", **current_data_tags()},
         dataset_fingerprint=workflows.manifest_fingerprint(manifest),
         input_spec=workflows.input_spec(ref),
     )

@@ -1,8 +1,8 @@
 """End to end: `zenml pipeline run` on a tiny config in an isolated ZenML + MLflow home.
 
 Everything is real: the ZenML local orchestrator and sqlite store, the MLflow sqlite tracking store
-and registry, Great Expectations, PyAV-encoded videos. The run and the queries happen in
-subprocesses so that this test's ZenML/MLflow homes never leak into other tests.
+and registry, Great Expectations, a DVC repo tracking the PyAV-encoded videos. The runs and the
+queries happen in subprocesses so that this module's ZenML/MLflow homes never leak into other tests.
 """
 from __future__ import annotations
 
@@ -15,103 +15,199 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
-ZENML = str(Path(sys.executable).with_name("zenml"))
+BIN = Path(sys.executable).parent
+ZENML = str(BIN / "zenml")
+DVC = str(BIN / "dvc")
 
 QUERY = r"""
-import json, sys
+import json
 import mlflow
 from zenml.client import Client
 from pipelines.stack import tracking_uri
 
 client = Client()
-runs = client.list_pipeline_runs(sort_by="desc:created", size=10).items
 out = {"runs": []}
-for run in runs:
-    steps = {}
-    for name, step in run.steps.items():
-        steps[name] = {"status": str(step.status), "outputs": sorted(step.outputs)}
-    out["runs"].append({"status": str(run.status), "steps": steps})
+for run in client.list_pipeline_runs(sort_by="desc:created", size=20).items:
+    steps = {name: {"status": str(s.status), "outputs": sorted(s.outputs)} for name, s in run.steps.items()}
+    entry = {"pipeline": run.pipeline.name, "status": str(run.status), "steps": steps}
+    if "check_data_version" in run.steps:
+        entry["retrain_decision"] = run.steps["check_data_version"].outputs["retrain_decision"][0].load()
+    out["runs"].append(entry)
 mc = mlflow.MlflowClient(tracking_uri=tracking_uri())
-out["registered"] = {}
-for rm in mc.search_registered_models():
-    out["registered"][rm.name] = {"aliases": dict(rm.aliases) if isinstance(rm.aliases, dict) else {a: v for a, v in rm.aliases.items()}}
+out["registered"] = {
+    rm.name: {"aliases": dict(rm.aliases),
+              "versions": {mv.version: dict(mv.tags) for mv in mc.search_model_versions(f"name='{rm.name}'")}}
+    for rm in mc.search_registered_models()
+}
 exp = mc.get_experiment_by_name("dtkd")
-metric_keys = set()
-for r in mc.search_runs([exp.experiment_id]):
-    metric_keys |= set(r.data.metrics)
-out["metric_keys"] = sorted(metric_keys)
-print("JSON:" + json.dumps(out))
+out["metric_keys"] = sorted({k for r in mc.search_runs([exp.experiment_id]) for k in r.data.metrics})
+out["artifacts"] = sorted({a.path for r in mc.search_runs([exp.experiment_id]) for a in mc.list_artifacts(r.info.run_id)})
+zmodel = client.get_model("dtkd-student")
+out["zenml_model_versions"] = [
+    {"stage": str(v.stage), "artifacts": sorted(v.data_artifact_ids) + sorted(v.model_artifact_ids),
+     "mlflow": (v.run_metadata or {}).get("mlflow")}
+    for v in client.list_model_versions(zmodel.id, size=50).items
+]
+print("JSON:" + json.dumps(out, default=str))
 """
 
 
-def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        ZENML_CONFIG_PATH=str(tmp_path / "zenml"),
-        DTKD_HOME=str(tmp_path / "home"),
-        ZENML_ANALYTICS_OPT_IN="false",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DVC_NO_ANALYTICS="1",
-        ZENML_ENABLE_RICH_TRACEBACK="false",
-        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
-    )
-    return env
-
-
-def _run(cmd: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+def _run(cmd: list, env: dict, cwd: Path = REPO, timeout: int = 1200) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
     return out
 
 
-def _tiny_config(tmp_path: Path) -> Path:
-    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    cfg["parameters"]["config"]["data"]["root"] = str(tmp_path / "data" / "synthetic")
-    # The same gate, with a latency budget no loaded CI machine can miss: this test is about the
-    # pipeline; the gate's budgets have their own tests in tests/ops.
-    gate = yaml.safe_load((REPO / "configs" / "gate.yaml").read_text())
-    gate["max_latency_ms"] = 600000.0
-    (tmp_path / "gate.yaml").write_text(yaml.safe_dump(gate))
-    cfg["parameters"]["config"]["registry"]["gate_config"] = str(tmp_path / "gate.yaml")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+class Home:
+    """An isolated ZenML + MLflow home, a DVC data repo, and the tiny run config pointing at both."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_repo = root / "data_repo"
+        self.env = dict(os.environ)
+        self.env.update(
+            ZENML_CONFIG_PATH=str(root / "zenml"),
+            DTKD_HOME=str(root / "home"),
+            DTKD_DATA_REPO=str(self.data_repo),
+            ZENML_ANALYTICS_OPT_IN="false",
+            MLFLOW_DISABLE_TELEMETRY="true",
+            DVC_NO_ANALYTICS="1",
+            ZENML_ENABLE_RICH_TRACEBACK="false",
+            PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+        )
+        cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+        dtkd_cfg = cfg["parameters"]["config"]
+        dtkd_cfg["data"]["root"] = str(self.data_repo / "data" / "synthetic")
+        # The real gate, with a latency budget no loaded CI machine can miss: this module is about
+        # the pipeline; the gate's budgets have their own tests in tests/ops.
+        gate = yaml.safe_load((REPO / "configs" / "gate.yaml").read_text())
+        gate["max_latency_ms"] = 600000.0
+        (root / "gate.yaml").write_text(yaml.safe_dump(gate))
+        dtkd_cfg["registry"]["gate_config"] = str(root / "gate.yaml")
+        self.synthetic = dtkd_cfg["data"]["synthetic"]
+        self.config = root / "tiny.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+
+    def init_data_repo(self) -> None:
+        """A git + DVC repo whose tracked data is exactly the tiny config's synthetic set."""
+        self.data_repo.mkdir(parents=True)
+        _run(["git", "init", "-q"], self.env, cwd=self.data_repo)
+        _run([DVC, "init", "-q"], self.env, cwd=self.data_repo)
+        s = self.synthetic
+        _run(
+            [sys.executable, "-m", "dtkd.data.synthetic", "--root", self.data_repo / "data" / "synthetic",
+             "--num-classes", s["num_classes"], "--train", s["clips_per_class"]["train"],
+             "--test", s["clips_per_class"]["test"], "--frames", s["frames"], "--size", s["size"],
+             "--fps", s["fps"], "--seed", s["seed"]],
+            self.env,
+        )
+        self.dvc_add()
+
+    def dvc_add(self) -> None:
+        _run([DVC, "add", "-q", "data/synthetic"], self.env, cwd=self.data_repo)
+
+    def zenml_run(self, pipeline: str) -> None:
+        _run([ZENML, "pipeline", "run", pipeline, "-c", self.config], self.env)
+
+    def query(self) -> dict:
+        out = _run([sys.executable, "-c", QUERY], self.env)
+        return json.loads(out.stdout.split("JSON:", 1)[1])
 
 
-@pytest.mark.slow
-def test_pipeline_runs_end_to_end_and_caches_data_steps(tmp_path):
-    env = _env(tmp_path)
-    config = _tiny_config(tmp_path)
-    _run([sys.executable, "-m", "pipelines.stack"], env)
-    _run([ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)], env)
-    _run([ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(config)], env)
-    query = _run([sys.executable, "-c", QUERY], env)
-    result = json.loads(query.stdout.split("JSON:", 1)[1])
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Home:
+    h = Home(tmp_path_factory.mktemp("pipeline"))
+    _run([sys.executable, "-m", "pipelines.stack"], h.env)
+    h.init_data_repo()
+    h.zenml_run("pipelines.training.training_pipeline")
+    return h
 
+
+EXPECTED_STEPS = {
+    "ingest_data": ["manifest"],
+    "validate_data": ["clean_manifest", "data_docs"],
+    "train_cnn_teacher": ["cnn_teacher"],
+    "train_vit_teacher": ["vit_teacher"],
+    "distill_student": ["distill_diagnostics", "student"],
+    "evaluate_student": ["test_metrics"],
+    "register_student": ["promotion_decision"],
+}
+
+
+def test_pipeline_runs_end_to_end_and_second_run_is_cached(home):
+    home.zenml_run("pipelines.training.training_pipeline")
+    result = home.query()
     second, first = result["runs"][0], result["runs"][1]
-    expected_steps = {
-        "ingest_data": ["manifest"],
-        "validate_data": ["clean_manifest", "data_docs"],
-        "train_cnn_teacher": ["cnn_teacher"],
-        "train_vit_teacher": ["vit_teacher"],
-        "distill_student": ["distill_diagnostics", "student"],
-        "evaluate_student": ["test_metrics"],
-        "register_student": ["promotion_decision"],
-    }
+
     assert first["status"].endswith("completed")
-    for name, outputs in expected_steps.items():
+    for name, outputs in EXPECTED_STEPS.items():
         assert first["steps"][name]["status"].endswith("completed"), (name, first["steps"][name])
         assert first["steps"][name]["outputs"] == outputs
-    # Unchanged config: the data steps come from ZenML's cache on the second run.
-    assert second["steps"]["ingest_data"]["status"].endswith("cached")
-    assert second["steps"]["validate_data"]["status"].endswith("cached")
+    # Unchanged config and data: ZenML reuses its cache, the data steps included.
+    assert all(step["status"].endswith("cached") for step in second["steps"].values()), second["steps"]
 
-    # Curves and test metrics reached MLflow; the registry holds a champion student and teachers.
+    # Curves, test metrics, the confusion matrix and Data Docs reached MLflow.
     keys = set(result["metric_keys"])
-    assert {"test/top1", "test/top5", "test/params", "test/gflops"} <= keys
+    assert {"test/top1", "test/top5", "test/params", "test/gflops", "test/latency_ms"} <= keys
     assert any(k.startswith("student/") for k in keys) and any(k.startswith("cnn_teacher/") for k in keys)
-    assert "champion" in result["registered"]["dtkd-student"]["aliases"]
-    assert "challenger" in result["registered"]["dtkd-student"]["aliases"]
-    assert "champion" in result["registered"]["dtkd-teacher-cnn"]["aliases"]
-    assert "champion" in result["registered"]["dtkd-teacher-vit"]["aliases"]
+    assert {"confusion_matrix.png", "data_docs"} <= set(result["artifacts"])
+
+    # The registry holds a champion student (first candidate within budget) and both teachers,
+    # each version carrying the DVC data version of the data repo.
+    student = result["registered"]["dtkd-student"]
+    assert student["aliases"]["champion"] == student["aliases"]["challenger"]
+    tags = student["versions"][str(student["aliases"]["champion"])]
+    assert tags["dtkd.data.dvc_hash"] not in ("", "none")
+    for role in ("cnn", "vit"):
+        assert "champion" in result["registered"][f"dtkd-teacher-{role}"]["aliases"]
+
+    # Model Control Plane: the run's ZenML model version links its artifacts and the MLflow
+    # version, and its stage mirrors the alias (champion -> production).
+    production = [v for v in result["zenml_model_versions"] if v["stage"].endswith("production")]
+    assert len(production) == 1 and production[0]["artifacts"]
+    assert production[0]["mlflow"]["version"] == int(student["aliases"]["champion"])
+
+
+def test_retraining_skips_unchanged_data_and_retrains_when_it_changes(home):
+    home.zenml_run("pipelines.retraining.retraining_pipeline")
+    skipped = home.query()["runs"][0]
+    assert skipped["pipeline"] == "retraining_pipeline"
+    assert skipped["retrain_decision"]["retrain"] is False, skipped["retrain_decision"]
+    assert set(skipped["steps"]) == {"check_data_version"}
+
+    # New data version: a file joins the tracked dataset and `dvc add` records it.
+    (home.data_repo / "data" / "synthetic" / "README.txt").write_text("curated 2026-11-21\n")
+    home.dvc_add()
+    home.zenml_run("pipelines.retraining.retraining_pipeline")
+    result = home.query()
+    retrained = result["runs"][0]
+    assert retrained["retrain_decision"]["retrain"] is True
+    assert "data changed" in retrained["retrain_decision"]["reason"]
+    assert set(EXPECTED_STEPS) <= set(retrained["steps"])
+    assert retrained["steps"]["ingest_data"]["status"].endswith("completed")  # cache keyed on DVC hash
+    new_hash = retrained["retrain_decision"]["dvc_hash"]
+    versions = result["registered"]["dtkd-student"]["versions"]
+    assert any(tags["dtkd.data.dvc_hash"] == new_hash for tags in versions.values())
+
+
+def test_local_orchestrator_refuses_a_schedule_with_a_clear_message(home):
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.schedule", "-c", str(home.config)],
+        cwd=REPO, env=home.env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "cannot run schedules" in out.stderr and "Kubernetes" in out.stderr
+
+
+def test_schedule_overlay_without_cron_is_refused(tmp_path):
+    from pipelines.schedule import ScheduleError, merged_schedule_config
+
+    (tmp_path / "s.yaml").write_text("schedule: {}\n")
+    with pytest.raises(ScheduleError, match="cron_expression is missing"):
+        merged_schedule_config(str(REPO / "configs" / "default.yaml"), str(tmp_path / "s.yaml"))
+    merged = merged_schedule_config(str(REPO / "configs" / "default.yaml"), str(REPO / "configs" / "retrain-schedule.yaml"))
+    assert merged["schedule"]["cron_expression"] == "0 3 * * 1"
+    assert merged["parameters"]["config"]["distill"]["method"] == "dtkd"

@@ -1,0 +1,25 @@
+"""Scheduled retraining: retrain only when the DVC data version changed since the champion.
+
+``zenml pipeline run pipelines.retraining.retraining_pipeline -c configs/default.yaml`` (``make
+retrain``). It is a ZenML *dynamic* pipeline: the first step compares the DVC data version with
+the one recorded on the current champion, and the expensive steps (teachers, distillation,
+evaluation, registration) are added to the run only when it changed (or there is no champion, or
+``force: true``). On a Kubernetes stack, ``configs/retrain-schedule.yaml`` adds a cron schedule,
+which ZenML's Kubernetes orchestrator turns into a CronJob; the local orchestrator cannot schedule
+(see ``python -m pipelines.schedule``).
+"""
+from __future__ import annotations
+
+from zenml import pipeline
+
+from dtkd.config import validate_config
+from pipelines.training import STUDENT_MODEL, train_and_register
+from steps.data_version import check_data_version
+
+
+@pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL)
+def retraining_pipeline(config: dict, force: bool = False) -> None:
+    cfg = validate_config(config, source="pipeline parameter", prefix="config")
+    decision = check_data_version(registered_name=cfg.registry.student_name, force=force)
+    if decision.load()["retrain"]:
+        train_and_register(config)

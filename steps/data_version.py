@@ -1,0 +1,53 @@
+"""The DVC data version in ZenML: a cache key for the data steps and the retraining decision."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from zenml import log_metadata, step
+
+from dtkd_ops.data_version import data_version
+from dtkd_ops.registry import ModelRegistry
+from pipelines.stack import REPO_ROOT, tracking_uri
+
+
+def data_repo() -> Path:
+    """The DVC project whose data version the pipeline records: this checkout, unless
+    ``DTKD_DATA_REPO`` names another (a data repo shared by several training repos, or a test's)."""
+    return Path(os.environ.get("DTKD_DATA_REPO", REPO_ROOT))
+
+
+def dvc_data_key() -> str:
+    """Part of the data steps' cache key: the DVC data version (a hash over dvc.lock's outputs).
+    A `dvc pull` or `dvc repro` that changes the data invalidates ZenML's cache even when the
+    config did not change, and no step ever hashes video bytes for it."""
+    return data_version(data_repo()).dvc_hash or "untracked"
+
+
+def current_data_tags() -> dict[str, str]:
+    """`dtkd.data.dvc_hash` and `dtkd.data.git_rev` for MLflow runs, model versions and ZenML."""
+    return data_version(data_repo()).tags()
+
+
+@step(enable_cache=False)
+def check_data_version(registered_name: str, force: bool = False) -> Annotated[dict, "retrain_decision"]:
+    """Retrain when the DVC data version differs from the one the current champion was trained
+    on, when there is no champion, when the data is not tracked by DVC (nothing to compare), or
+    when forced."""
+    current = data_version(data_repo())
+    champion = ModelRegistry(tracking_uri()).get_champion(registered_name)
+    trained_on = champion.tags.get("dtkd.data.dvc_hash") if champion else None
+    if force:
+        retrain, reason = True, "forced"
+    elif current.dvc_hash is None:
+        retrain, reason = True, "data is not tracked by DVC: cannot tell whether it changed"
+    elif champion is None:
+        retrain, reason = True, f"no champion of {registered_name} yet"
+    elif trained_on != current.dvc_hash:
+        retrain, reason = True, f"data changed: champion v{champion.version} saw {trained_on}, now {current.dvc_hash}"
+    else:
+        retrain, reason = False, f"data unchanged ({current.dvc_hash}) since champion v{champion.version}"
+    decision = {"retrain": retrain, "reason": reason, "dvc_hash": current.dvc_hash, "champion_dvc_hash": trained_on}
+    log_metadata(metadata=decision)
+    return decision
