@@ -3,6 +3,7 @@ the convention of the model zoos' "GFLOPs")."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Sequence
 
 import torch
@@ -19,7 +20,9 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
 
     Runs on the model's device in eval mode under no_grad and restores the training flag.
     Operators fvcore has no formula for (element-wise ops, pooling, softmax) count as zero."""
-    from fvcore.nn import FlopCountAnalysis  # optional on GPU boxes that only have torch
+    with warnings.catch_warnings():  # fvcore's import trips torch.jit.script's deprecation warning
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis  # imported here: optional on torch-only GPU boxes
 
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 4:
