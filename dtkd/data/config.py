@@ -1,0 +1,75 @@
+"""Typed configuration of the data layer (the ``data:`` section of a dtkd config)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dtkd.data.formats import DATASETS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClipsPerClass(_Strict):
+    train: int = Field(12, ge=1)
+    test: int = Field(6, ge=1)
+
+
+class SyntheticConfig(_Strict):
+    """Knobs of dtkd.data.synthetic.generate_synthetic (same names, passed through as is)."""
+
+    num_classes: int = Field(6, ge=2, le=8)
+    clips_per_class: ClipsPerClass = ClipsPerClass()
+    frames: int = Field(16, ge=2)
+    size: int = Field(64, ge=8)
+    fps: int = Field(8, ge=1)
+    seed: int = 0
+    difficulty: Literal["easy", "default", "hard"] = "default"  # nuisance preset
+
+    @field_validator("size")
+    @classmethod
+    def _even(cls, size: int) -> int:
+        if size % 2:
+            raise ValueError(f"size must be even (yuv420p video), got {size}")
+        return size
+
+
+class StoreConfig(_Strict):
+    """Pre-decoded clip store (dtkd.data.store); ``short_side`` None keeps the decoded size."""
+
+    enabled: bool = False
+    dir: Optional[Path] = None
+    short_side: Optional[int] = Field(None, ge=8)
+
+    @model_validator(mode="after")
+    def _dir_when_enabled(self) -> "StoreConfig":
+        if self.enabled and self.dir is None:
+            raise ValueError("store.dir is required when store.enabled is true")
+        return self
+
+
+class DataConfig(_Strict):
+    dataset: str = "synthetic"
+    root: Path = Path("data/synthetic")
+    split: int = Field(1, ge=1, le=3)  # official fold (hmdb51/ucf101: 1-3; others: 1)
+    synthetic: SyntheticConfig = SyntheticConfig()
+    store: StoreConfig = StoreConfig()
+    num_workers: int = Field(0, ge=0)
+    backend: Literal["pyav", "torchcodec"] = "pyav"
+    # What build_manifest does with a missing/undecodable video: "flag" keeps it for the
+    # quality gate to quarantine, "raise" stops, "skip" drops it with a warning.
+    on_bad_video: Literal["raise", "flag", "skip"] = "flag"
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
+        return name
+
+    def dataset_kwargs(self) -> dict:
+        """Keyword arguments for ClipDataset beyond the contract's positional ones."""
+        return {"store": self.store.dir if self.store.enabled else None, "backend": self.backend}

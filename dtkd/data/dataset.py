@@ -1,0 +1,169 @@
+"""ClipDataset: manifest rows -> normalised multi-view clips for training and testing."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from dtkd.data.sampling import (eval_boxes, frame_indices, random_resized_box, random_window,
+                                uniform_windows)
+from dtkd.data.store import ClipStore
+from dtkd.data.transforms import render_view
+from dtkd.data.video import read_frames
+from dtkd.data.views import ViewSpec
+
+SPLITS = ("train", "val", "test")
+_REQUIRED = ("video_id", "path", "label_idx", "split", "frames")
+
+
+def _as_view(name: str, view: Any) -> ViewSpec:
+    if isinstance(view, ViewSpec):
+        return view
+    if isinstance(view, Mapping):
+        return ViewSpec(**view)
+    try:
+        return ViewSpec.from_spec(view)
+    except AttributeError as exc:
+        raise TypeError(f"view {name!r}: expected a ViewSpec, a dict or a spec with frames/"
+                        f"sampling_rate/crop_size/mean/std, got {type(view).__name__}") from exc
+
+
+class ClipDataset(Dataset):
+    """One item = ``{"inputs": {view: FloatTensor}, "label": int, "index": int}``.
+
+    Train: one random window and crop box (plus flip) shared by every view; each tensor is
+    (C, T, H, W). Test: ``num_clips`` uniform windows x ``num_crops`` boxes; each tensor is
+    (V, C, T, H, W), V ordered clip-major. ``index`` is the row position within the split.
+
+    Train randomness comes from ``(seed, epoch, index)`` once ``set_epoch`` has been called
+    (bit-reproducible whatever the worker layout), else from torch's global RNG, which
+    DataLoader reseeds in every worker.
+
+    ``store`` (a ClipStore or its directory) serves pre-decoded frames instead of decoding.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        split: str,
+        views: Mapping[str, ViewSpec],
+        train: bool,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        seed: int = 0,
+        *,
+        store: ClipStore | str | os.PathLike | None = None,
+        backend: str = "pyav",
+        train_scale: tuple[float, float] = (0.25, 1.0),
+        flip: bool = True,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; expected one of {SPLITS}")
+        missing = [c for c in _REQUIRED if c not in manifest.columns]
+        if missing:
+            raise ValueError(f"manifest lacks columns {missing}; has {list(manifest.columns)}")
+        if not views:
+            raise ValueError("views is empty: give at least one view name -> ViewSpec")
+        if num_clips < 1 or num_crops < 1:
+            raise ValueError(f"num_clips={num_clips}, num_crops={num_crops}: both must be >= 1")
+        if train and (num_clips, num_crops) != (1, 1):
+            raise ValueError("train mode renders one clip per item; num_clips and num_crops must be 1")
+        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        if "ok" in rows.columns:  # flagged manifests: bad videos would fail at read time
+            bad = rows.loc[~rows["ok"].astype(bool), "path"].tolist()
+            if bad:
+                raise ValueError(f"split {split!r} has {len(bad)} videos flagged bad, e.g. {bad[0]}; "
+                                 "quarantine them first")
+        self.split = split
+        self.views = {name: _as_view(name, v) for name, v in views.items()}
+        self.train = train
+        self.num_clips, self.num_crops = num_clips, num_crops
+        self.seed = seed
+        self.backend = backend
+        self.train_scale = train_scale
+        self.flip = flip
+        # Process-local on purpose: dtkd.engine's SeededViews sets a per-item key inside each
+        # worker, which a key shared between workers would race on.
+        self._epoch: int | None = None
+        self.span = max(v.span for v in self.views.values())
+        self._ids = rows["video_id"].astype(str).tolist()
+        self._paths = rows["path"].astype(str).tolist()
+        self._labels = rows["label_idx"].astype(int).tolist()
+        self._frames = rows["frames"].astype(int).tolist()
+        self.store = ClipStore(store) if store is not None and not isinstance(store, ClipStore) else store
+        if self.store is not None:
+            absent = [v for v in self._ids if v not in self.store]
+            if absent:
+                raise KeyError(f"clip store {self.store.root} lacks {len(absent)} videos of split "
+                               f"{split!r}, e.g. {absent[0]!r}; rebuild it from this manifest")
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Key of the train randomness in THIS process. DataLoader workers get a copy when an
+        iterator starts, so call it before iterating (persistent workers keep their old copy)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch
+
+    @property
+    def labels(self) -> list[int]:
+        return list(self._labels)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        epoch = self.epoch
+        if epoch is not None:
+            return np.random.default_rng([self.seed, epoch, index])
+        draw = int(torch.randint(0, 2**62, ()).item())
+        return np.random.default_rng([self.seed, index, draw])
+
+    def _num_frames(self, index: int) -> int:
+        if self.store is not None:
+            return self.store.num_frames(self._ids[index])
+        return self._frames[index]
+
+    def _read(self, index: int, indices: np.ndarray) -> torch.Tensor:
+        if self.store is not None:
+            return self.store.read(self._ids[index], indices)
+        return read_frames(self._paths[index], indices, backend=self.backend)
+
+    def _decode_union(self, index: int, per_view: list[np.ndarray]):
+        """Decode each needed frame once; return frames and, per request, positions into them."""
+        union = np.unique(np.concatenate(per_view))
+        frames = self._read(index, union)
+        return frames, [np.searchsorted(union, idx) for idx in per_view]
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips in split {self.split!r}")
+        n = self._num_frames(index)
+        names = list(self.views)
+        if self.train:
+            rng = self._rng(index)
+            window = random_window(n, self.span, rng)
+            frames, positions = self._decode_union(
+                index, [frame_indices(window, self.views[k].frames) for k in names])
+            box = random_resized_box(frames.shape[1], frames.shape[2], rng, scale=self.train_scale)
+            flip = self.flip and bool(rng.random() < 0.5)
+            inputs = {k: render_view(frames[torch.from_numpy(pos)], box, self.views[k], flip=flip)
+                      for k, pos in zip(names, positions)}
+        else:
+            windows = uniform_windows(n, self.span, self.num_clips)
+            requests = [frame_indices(w, self.views[k].frames) for k in names for w in windows]
+            frames, positions = self._decode_union(index, requests)
+            boxes = eval_boxes(frames.shape[1], frames.shape[2], self.num_crops)
+            inputs = {}
+            for v, k in enumerate(names):
+                per_clip = positions[v * len(windows):(v + 1) * len(windows)]
+                inputs[k] = torch.stack([render_view(frames[torch.from_numpy(pos)], box, self.views[k])
+                                         for pos in per_clip for box in boxes])
+        return {"inputs": inputs, "label": self._labels[index], "index": index}

@@ -1,0 +1,91 @@
+"""One manifest table for every dataset: annotations (formats.py) + per-video probe."""
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+
+from dtkd.data.errors import VideoDecodeError
+from dtkd.data.formats import DATASETS
+from dtkd.data.video import probe_video
+
+MANIFEST_COLUMNS = ["video_id", "path", "label", "label_idx", "split", "frames", "fps", "width", "height"]
+FLAG_COLUMNS = ["ok", "error"]
+ON_ERROR = ("raise", "flag", "skip")
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+def build_manifest(
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    split: int = 1,
+    on_error: str = "raise",
+    verify: str = "first_frame",
+    workers: int = 1,
+    **kw,
+) -> pd.DataFrame:
+    """Annotations of `dataset` (a name in DATASETS) under `root`, fold `split`, probed.
+
+    Columns: MANIFEST_COLUMNS; ``label_idx`` indexes the sorted class names of the whole
+    dataset; rows are ordered by split (train, val, test), then label, then video_id, so a row's
+    position within its split is stable. A missing or undecodable video:
+    ``on_error="raise"`` raises VideoDecodeError naming it; ``"flag"`` keeps the row with zeros
+    and adds columns ``ok`` and ``error`` (to all rows) for a quality gate; ``"skip"`` drops it
+    with a warning. Extra keyword arguments go to the dataset's reader.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}; expected one of {ON_ERROR}")
+    reader = DATASETS.get(dataset)
+    index = reader(root, split, **kw)
+    if not index.entries:
+        raise ValueError(f"{dataset} under {root}: the annotations of split {split} list no videos")
+    classes = sorted(index.classes)
+    position = {name: i for i, name in enumerate(classes)}
+    seen: dict[str, str] = {}
+    for e in index.entries:
+        if e.video_id in seen:
+            raise ValueError(f"{dataset}: video_id {e.video_id!r} appears twice ({seen[e.video_id]} "
+                             f"and {e.path})")
+        seen[e.video_id] = str(e.path)
+
+    paths = [os.path.abspath(e.path) for e in index.entries]
+    probe = lambda p: probe_video(p, verify=verify)  # noqa: E731
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            probes = list(pool.map(probe, paths))
+    else:
+        probes = [probe(p) for p in paths]
+
+    rows, bad = [], []
+    for e, path, info in zip(index.entries, paths, probes):
+        if not info["ok"]:
+            if on_error == "raise":
+                raise VideoDecodeError(path, info["error"])
+            bad.append(f"{path} ({info['error']})")
+            if on_error == "skip":
+                continue
+        row = dict(video_id=e.video_id, path=path, label=e.label, label_idx=position[e.label],
+                   split=e.split, frames=info["frames"], fps=info["fps"], width=info["width"],
+                   height=info["height"])
+        if on_error == "flag":
+            row.update(ok=info["ok"], error=info["error"])
+        rows.append(row)
+    if bad and on_error == "skip":
+        warnings.warn(f"{dataset}: skipped {len(bad)} unreadable videos, e.g. {bad[0]}", stacklevel=2)
+
+    columns = MANIFEST_COLUMNS + (FLAG_COLUMNS if on_error == "flag" else [])
+    df = pd.DataFrame(rows, columns=columns)
+    df = df.astype({"label_idx": "int64", "frames": "int64", "fps": "float64", "width": "int64",
+                    "height": "int64"})
+    order = df["split"].map(_SPLIT_ORDER)
+    df = df.assign(_order=order).sort_values(["_order", "label", "video_id"], kind="stable")
+    return df.drop(columns="_order").reset_index(drop=True)
+
+
+def class_names(manifest: pd.DataFrame) -> list[str]:
+    """Class names in label_idx order (only those present in the manifest)."""
+    pairs = manifest[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")
+    return pairs["label"].tolist()

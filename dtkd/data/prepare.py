@@ -1,0 +1,28 @@
+"""From a DataConfig to what training needs: the dataset on disk, its manifest, its store."""
+from __future__ import annotations
+
+import pandas as pd
+
+from dtkd.data.config import DataConfig
+from dtkd.data.manifest import build_manifest
+from dtkd.data.store import ClipStore, build_store
+from dtkd.data.synthetic import generate_synthetic
+
+
+def prepare_manifest(cfg: DataConfig, *, workers: int = 1) -> pd.DataFrame:
+    """Generate the synthetic set if configured (reused when present with the same knobs),
+    then build the manifest with ``cfg.on_bad_video`` deciding what bad videos do."""
+    if cfg.dataset == "synthetic":
+        generate_synthetic(cfg.root, **cfg.synthetic.model_dump())
+    return build_manifest(cfg.dataset, cfg.root, split=cfg.split, on_error=cfg.on_bad_video,
+                          workers=workers)
+
+
+def prepare_store(cfg: DataConfig, manifest: pd.DataFrame) -> ClipStore | None:
+    """Build (or reuse, when sources and size are unchanged) the clip store of a clean
+    manifest; None when the store is disabled."""
+    if not cfg.store.enabled:
+        return None
+    if "ok" in manifest.columns:
+        manifest = manifest[manifest["ok"].astype(bool)]
+    return build_store(manifest, cfg.store.dir, short_side=cfg.store.short_side, overwrite=True)

@@ -1,0 +1,166 @@
+"""Synthetic two-object action dataset, written as real videos in the HMDB51 layout.
+
+    root/<class>/<class>_<clip:04d>.avi
+    root/testTrainMulti_7030_splits/<class>_test_split<k>.txt   lines "<video>.avi <id>"
+                                                               (1 = train, 2 = test, 0 = unused)
+    root/dtkd_synthetic.json                                     the generator's parameters
+
+Every clip is drawn from its own RNG keyed by (seed, class, clip), so a clip does not change
+when other knobs such as the number of clips change. The three splits use different
+train/test partitions of the same clips, as HMDB51's do.
+
+CLI: python -m dtkd.data.synthetic --root data/synthetic --num-classes 6 --train 12 --test 6
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from dtkd.data.synthetic_scenes import DIFFICULTY, SCENES, Nuisance, render_scene
+from dtkd.data.video import write_video
+
+GENERATOR_VERSION = 1
+META_FILE = "dtkd_synthetic.json"
+SPLITS_DIR = "testTrainMulti_7030_splits"
+SPLIT_IDS = {"train": 1, "test": 2, "unused": 0}
+
+
+def class_names(num_classes: int) -> list[str]:
+    if not 2 <= num_classes <= len(SCENES):
+        raise ValueError(f"num_classes={num_classes}; the generator has 2..{len(SCENES)} classes")
+    return list(SCENES)[:num_classes]
+
+
+def _check_counts(clips_per_class: Mapping[str, int]) -> dict[str, int]:
+    unknown = set(clips_per_class) - set(SPLIT_IDS)
+    if unknown:
+        raise ValueError(f"clips_per_class has unknown keys {sorted(unknown)}; use {list(SPLIT_IDS)}")
+    counts = {k: int(clips_per_class.get(k, 0)) for k in SPLIT_IDS}
+    if counts["train"] < 1 or counts["test"] < 1 or counts["unused"] < 0:
+        raise ValueError(f"clips_per_class={dict(clips_per_class)}: need train >= 1 and test >= 1")
+    return counts
+
+
+def split_assignment(counts: Mapping[str, int], split: int) -> list[int]:
+    """HMDB51 id (1/2/0) of each clip for split k: the clip order is rotated by a third per split."""
+    ids = [1] * counts["train"] + [2] * counts["test"] + [0] * counts["unused"]
+    shift = (split - 1) * len(ids) // 3
+    return ids[-shift:] + ids[:-shift] if shift else ids
+
+
+def _params(num_classes, counts, frames, size, fps, seed, nuisance) -> dict:
+    params = dict(version=GENERATOR_VERSION, num_classes=num_classes, clips_per_class=counts,
+                  frames=frames, size=size, fps=fps, seed=seed, nuisance=asdict(nuisance))
+    return json.loads(json.dumps(params))  # tuples -> lists, as they read back from the file
+
+
+def _write_tree(tmp: Path, classes: list[str], counts: dict[str, int], frames: int, size: int,
+                fps: int, seed: int, nuisance: Nuisance) -> None:
+    total = sum(counts.values())
+    for class_idx, name in enumerate(classes):
+        for clip in range(total):
+            rng = np.random.default_rng([seed, class_idx, clip])
+            video = render_scene(name, frames=frames, size=size, rng=rng, nuisance=nuisance)
+            write_video(tmp / name / f"{name}_{clip:04d}.avi", video, fps=fps)
+    split_dir = tmp / SPLITS_DIR
+    split_dir.mkdir(parents=True)
+    for split in (1, 2, 3):
+        ids = split_assignment(counts, split)
+        for name in classes:
+            lines = [f"{name}_{clip:04d}.avi {sid} \n" for clip, sid in enumerate(ids)]
+            (split_dir / f"{name}_test_split{split}.txt").write_text("".join(lines))
+
+
+def generate_synthetic(
+    root: str | os.PathLike,
+    *,
+    num_classes: int = 6,
+    clips_per_class: Mapping[str, int] | None = None,
+    frames: int = 16,
+    size: int = 64,
+    fps: int = 8,
+    seed: int = 0,
+    difficulty: str = "default",
+    nuisance: Nuisance | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the dataset under `root` and return its absolute path.
+
+    `difficulty` picks a nuisance preset (easy | default | hard); `nuisance` overrides it.
+
+    An existing root written with the same parameters is reused as is; one with other
+    parameters raises FileExistsError unless `overwrite`. Written to a temporary sibling and
+    renamed, so a crash never leaves a half-written dataset at `root`.
+    """
+    root = Path(root).absolute()
+    counts = _check_counts(clips_per_class or {"train": 12, "test": 6})
+    classes = class_names(num_classes)
+    if frames < 2 or size < 8 or size % 2 or fps < 1:
+        raise ValueError(f"need frames >= 2, even size >= 8, fps >= 1; got frames={frames}, "
+                         f"size={size}, fps={fps}")
+    if nuisance is None:
+        if difficulty not in DIFFICULTY:
+            raise ValueError(f"difficulty={difficulty!r}; expected one of {sorted(DIFFICULTY)}")
+        nuisance = DIFFICULTY[difficulty]
+    params = _params(num_classes, counts, frames, size, fps, seed, nuisance)
+
+    if root.exists() and any(root.iterdir()):
+        meta = root / META_FILE
+        if meta.is_file() and json.loads(meta.read_text()) == params:
+            return root
+        if not overwrite:
+            raise FileExistsError(f"{root} exists and was not written by generate_synthetic with "
+                                  "these parameters; pass overwrite=True to replace it")
+
+    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_tree(tmp, classes, counts, frames, size, fps, seed, nuisance)
+        (tmp / META_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+            root.rename(old)
+            tmp.rename(root)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dtkd.data.synthetic",
+                                     description="Write the synthetic action dataset (HMDB51 layout).")
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--num-classes", type=int, default=6)
+    parser.add_argument("--train", type=int, default=12, help="train clips per class")
+    parser.add_argument("--test", type=int, default=6, help="test clips per class")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--difficulty", choices=sorted(DIFFICULTY), default="default")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    root = generate_synthetic(args.root, num_classes=args.num_classes,
+                              clips_per_class={"train": args.train, "test": args.test},
+                              frames=args.frames, size=args.size, fps=args.fps, seed=args.seed,
+                              difficulty=args.difficulty, overwrite=args.overwrite)
+    n = args.num_classes * (args.train + args.test)
+    print(f"{root}: {n} clips, {args.num_classes} classes ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
