@@ -74,8 +74,10 @@ class DTKDConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
 
 
-def _format_errors(err: ValidationError, prefix: str) -> str:
-    lines = []
+def format_validation_error(err: ValidationError, *, source: str, prefix: str = "",
+                            title: str = "invalid configuration") -> str:
+    """``source: title`` then one line per bad key: ``  key.path: message (got value)``."""
+    lines = [f"{source}: {title}"]
     for e in err.errors():
         key = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"]))
         got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
@@ -90,7 +92,7 @@ def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> D
     try:
         return DTKDConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: invalid dtkd config\n{_format_errors(err, prefix)}") from None
+        raise ConfigError(format_validation_error(err, source=source, prefix=prefix, title="invalid dtkd config")) from None
 
 
 def load_config(path: str | Path) -> DTKDConfig:

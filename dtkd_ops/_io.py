@@ -9,23 +9,8 @@ from typing import Any
 
 import yaml
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename, so a
-    reader never sees a half-written file and a crash leaves the previous version intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from dtkd.config import format_validation_error  # noqa: F401  (re-exported for dtkd_ops)
+from dtkd.fsutil import atomic_write_bytes
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -57,16 +42,6 @@ def load_yaml_mapping(path: str | Path, *, section: str | None = None) -> dict:
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: '{section}' must be a mapping, got {type(raw).__name__}")
     return raw
-
-
-def format_validation_error(err, *, source: str, prefix: str = "") -> str:
-    """One line per bad key of a pydantic ValidationError: ``source: key.path: message (got value)``."""
-    lines = [f"{source}: invalid configuration"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"]))
-        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-        lines.append(f"  {loc}: {e['msg']}{got}")
-    return "\n".join(lines)
 
 
 def write_manifest(manifest, path: str | Path, *, base: str | Path = ".") -> Path:

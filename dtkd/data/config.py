@@ -58,6 +58,9 @@ class DataConfig(_Strict):
     synthetic: SyntheticConfig = SyntheticConfig()
     store: StoreConfig = StoreConfig()
     num_workers: int = Field(0, ge=0)
+    # Area range of the training random-resized crop. Keep the lower bound high when classes depend
+    # on objects far apart in the frame (the synthetic set): a small crop can cut one of them out.
+    train_scale: tuple[float, float] = (0.25, 1.0)
     backend: Literal["pyav", "torchcodec"] = "pyav"
     # What build_manifest does with a missing/undecodable video: "flag" keeps it for the
     # quality gate to quarantine, "raise" stops, "skip" drops it with a warning.
@@ -70,6 +73,18 @@ class DataConfig(_Strict):
             raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
         return name
 
+    @field_validator("train_scale")
+    @classmethod
+    def _scale_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        low, high = scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"train_scale must satisfy 0 < low <= high <= 1, got {scale}")
+        return scale
+
     def dataset_kwargs(self) -> dict:
         """Keyword arguments for ClipDataset beyond the contract's positional ones."""
-        return {"store": self.store.dir if self.store.enabled else None, "backend": self.backend}
+        return {
+            "store": self.store.dir if self.store.enabled else None,
+            "backend": self.backend,
+            "train_scale": tuple(self.train_scale),
+        }

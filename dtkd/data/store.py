@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -28,6 +26,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from dtkd.data.video import read_all_frames
+from dtkd.fsutil import staged_dir
 
 FORMAT = "dtkd-clipstore/1"
 INDEX = "index.json"
@@ -177,9 +176,7 @@ def build_store(
                                   "pass overwrite=True to rebuild it")
 
     sources = _sources(manifest)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(root) as tmp:
         videos: dict[str, dict] = {}
         shards: list[dict] = []
         handle, written = None, 0
@@ -208,14 +205,4 @@ def build_store(
         index = {"format": FORMAT, "short_side": short_side,
                  "fingerprint": _fingerprint(short_side, videos), "shards": shards, "videos": videos}
         (tmp / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-            root.rename(old)
-            tmp.rename(root)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return ClipStore(root)

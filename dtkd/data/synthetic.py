@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
@@ -27,6 +25,7 @@ import numpy as np
 
 from dtkd.data.synthetic_scenes import DIFFICULTY, SCENES, Nuisance, render_scene
 from dtkd.data.video import write_video
+from dtkd.fsutil import staged_dir
 
 GENERATOR_VERSION = 1
 META_FILE = "dtkd_synthetic.json"
@@ -121,20 +120,9 @@ def generate_synthetic(
             raise FileExistsError(f"{root} exists and was not written by generate_synthetic with "
                                   "these parameters; pass overwrite=True to replace it")
 
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_dir(root) as tmp:
         _write_tree(tmp, classes, counts, frames, size, fps, seed, nuisance)
         (tmp / META_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-            root.rename(old)
-            tmp.rename(root)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return root
 
 

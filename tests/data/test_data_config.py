@@ -15,7 +15,7 @@ def test_defaults_are_the_embedded_synthetic_set():
     cfg = DataConfig()
     assert (cfg.dataset, cfg.root, cfg.split, cfg.num_workers) == ("synthetic", Path("data/synthetic"), 1, 0)
     assert cfg.synthetic.clips_per_class.model_dump() == {"train": 12, "test": 6}
-    assert cfg.dataset_kwargs() == {"store": None, "backend": "pyav"}
+    assert cfg.dataset_kwargs() == {"store": None, "backend": "pyav", "train_scale": (0.25, 1.0)}
 
 
 def test_synthetic_knobs_are_generate_synthetic_keywords():
@@ -35,6 +35,8 @@ def test_synthetic_knobs_are_generate_synthetic_keywords():
     ({"store": {"enabled": True}}, "store.dir is required"),
     ({"backend": "decord"}, "backend"),
     ({"num_workers": -1}, "num_workers"),
+    ({"train_scale": [0.0, 1.0]}, "train_scale must satisfy 0 < low <= high <= 1"),
+    ({"train_scale": [0.9, 0.5]}, "train_scale must satisfy 0 < low <= high <= 1"),
 ])
 def test_bad_values_are_refused_naming_the_field(data, where):
     with pytest.raises(ValidationError) as err:
@@ -44,8 +46,8 @@ def test_bad_values_are_refused_naming_the_field(data, where):
 
 def test_store_settings_reach_the_dataset_kwargs(tmp_path):
     cfg = DataConfig.model_validate({"store": {"enabled": True, "dir": str(tmp_path / "s")},
-                                     "backend": "pyav"})
-    assert cfg.dataset_kwargs() == {"store": tmp_path / "s", "backend": "pyav"}
+                                     "backend": "pyav", "train_scale": [0.8, 1.0]})
+    assert cfg.dataset_kwargs() == {"store": tmp_path / "s", "backend": "pyav", "train_scale": (0.8, 1.0)}
 
 
 def test_prepare_generates_builds_manifest_and_store(tmp_path):
