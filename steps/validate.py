@@ -10,6 +10,7 @@ import pandas as pd
 from zenml import log_metadata, step
 from zenml.types import HTMLString
 
+from dtkd.data import prepare_store
 from dtkd.data.config import DataConfig
 from dtkd_ops.quality import rules_for, run_quality_gate
 from steps.tracking import TRACKED
@@ -30,4 +31,8 @@ def validate_data(
         mlflow.log_table(report.quarantined, "quarantined.json")
     log_metadata(metadata={"success": report.success, "quarantined": len(report.quarantined), "summary": report.summary()})
     report.raise_for_failure()  # the run stops here, with the readable report, when the data is bad
+    # The pre-decoded clip store of the clean videos (reused when `dvc repro` already built it).
+    store = prepare_store(cfg, report.clean_manifest)
+    if store is not None:
+        log_metadata(metadata={"clip_store": str(store.root), "clip_store_fingerprint": store.fingerprint})
     return report.clean_manifest, html
