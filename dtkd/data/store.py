@@ -176,6 +176,7 @@ def build_store(
                                   "pass overwrite=True to rebuild it")
 
     sources = _sources(manifest)
+    paths = dict(zip(manifest["video_id"].astype(str), manifest["path"].astype(str)))
     with staged_dir(root) as tmp:
         videos: dict[str, dict] = {}
         shards: list[dict] = []
@@ -192,13 +193,15 @@ def build_store(
 
         new_shard()
         for vid, src in sources.items():
-            data = resize_short_side(read_all_frames(src["path"]), short_side).numpy()
+            data = resize_short_side(read_all_frames(paths[vid]), short_side).numpy()
             raw = data.tobytes()
             if written and written + len(raw) > shard_bytes:
                 new_shard()
             handle.write(raw)
+            # The source by content only: an absolute path would make the store's bytes (a DVC
+            # output) depend on where the checkout lives.
             videos[vid] = {"shard": len(shards) - 1, "offset": written, "shape": list(data.shape),
-                           "sha256": hashlib.sha256(raw).hexdigest(), "source": src}
+                           "sha256": hashlib.sha256(raw).hexdigest(), "source": {"sha256": src["sha256"]}}
             written += len(raw)
         handle.close()
         shards[-1]["bytes"] = written

@@ -138,3 +138,20 @@ def test_missing_store_and_missing_videos_are_named(synthetic_manifest, tmp_path
         ClipDataset(synthetic_manifest, "train", VIEWS, train=True, store=partial)
     with pytest.raises(KeyError, match="'nope' is not in the clip store"):
         store.read("nope", [0])
+
+
+def test_store_bytes_do_not_depend_on_where_the_dataset_lives(synthetic_manifest, tmp_path):
+    # The store is a DVC output: two checkouts of the same data must produce identical bytes.
+    import shutil
+
+    subset = synthetic_manifest.head(3)
+    indexes = []
+    for place in ("checkout_a", "somewhere/else/checkout_b"):
+        folder = tmp_path / place
+        folder.mkdir(parents=True)
+        moved = subset.copy()
+        moved["path"] = [shutil.copy(p, folder / f"{i}.avi") for i, p in enumerate(subset["path"])]
+        store = build_store(moved, folder / "store")
+        indexes.append((store.root / INDEX).read_bytes())
+    assert indexes[0] == indexes[1]
+    assert b"checkout_a" not in indexes[0]
