@@ -181,15 +181,21 @@ def _decode_after_seek(container, stream, wanted: set[int], first: int, stop: in
     return decoded, last
 
 
+def _video_stream(container, threads: int):
+    """The first video stream, decoding with ``threads`` threads (frame+slice threading if > 1)."""
+    stream = container.streams.video[0]
+    stream.thread_count = threads
+    if threads > 1:
+        stream.thread_type = "AUTO"
+    return stream
+
+
 def _read_pyav(path, idx: np.ndarray, *, threads: int, allow_seek: bool) -> torch.Tensor:
     wanted = set(int(i) for i in idx)
     first, stop = int(idx.min()), int(idx.max())
     try:
         with _open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = threads
-            if threads > 1:
-                stream.thread_type = "AUTO"
+            stream = _video_stream(container, threads)
             result = None
             if allow_seek and first >= SEEK_THRESHOLD:
                 result = _decode_after_seek(container, stream, wanted, first, stop)
@@ -255,10 +261,7 @@ def read_all_frames(path: str | os.PathLike, *, threads: int = 1) -> torch.Tenso
     frames = []
     try:
         with _open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = threads
-            if threads > 1:
-                stream.thread_type = "AUTO"
+            stream = _video_stream(container, threads)
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(path, f"decoding failed after {len(frames)} frames: {exc}") from exc
