@@ -47,7 +47,11 @@ def _isolated_mlflow(tmp_path, monkeypatch):
     the default URI points into the test's tmp dir, and the global URIs are restored afterwards."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'default-mlflow' / 'mlflow.db'}")
+    default_uri = f"sqlite:///{tmp_path / 'default-mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", default_uri)
+    # mlflow.set_registry_uri writes MLFLOW_REGISTRY_URI into os.environ; registering it with
+    # monkeypatch makes the undo remove it, so no later test (or its subprocesses) inherits it.
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", default_uri)
     monkeypatch.setenv("DTKD_HOME", str(tmp_path / "dtkd-home"))
     monkeypatch.chdir(tmp_path)
     tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()

@@ -36,7 +36,7 @@ for run in client.list_pipeline_runs(sort_by="desc:created", size=20).items:
     if "check_data_version" in run.steps:
         entry["retrain_decision"] = run.steps["check_data_version"].outputs["retrain_decision"][0].load()
     out["runs"].append(entry)
-mc = mlflow.MlflowClient(tracking_uri=tracking_uri())
+mc = mlflow.MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
 out["registered"] = {
     rm.name: {"aliases": dict(rm.aliases),
               "versions": {mv.version: dict(mv.tags) for mv in mc.search_model_versions(f"name='{rm.name}'")}}
@@ -67,7 +67,8 @@ class Home:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.data_repo = root / "data_repo"
-        self.env = dict(os.environ)
+        # Nothing MLflow-related leaks in from the calling process: the stack decides the store.
+        self.env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         self.env.update(
             ZENML_CONFIG_PATH=str(root / "zenml"),
             DTKD_HOME=str(root / "home"),
