@@ -13,8 +13,9 @@ re-run skips them), then for each method distils a fresh student (``distill_stud
 it (``evaluate_model``). Everything goes through ``dtkd.workflows``: nothing here trains or
 evaluates by itself. An error in one method is recorded and the others still run.
 
-Progress (and the Trainer's tqdm bars) go to stderr. Prints a Markdown table to stdout, then as its LAST line one JSON object ``{method: test top-1 in %}``
-(``null`` for a method that failed). ``--json-out`` writes every figure.
+Progress (and the Trainer's tqdm bars) go to stderr. Prints a Markdown table to stdout, then as
+its LAST line one JSON object ``{method: test top-1 in %}`` (``null`` for a method that failed).
+``--json-out`` writes every figure (after each method, so an interrupted run keeps its rows).
 """
 from __future__ import annotations
 
@@ -192,11 +193,12 @@ def run_one(name: str, distill_data: dict, config: DTKDConfig, manifest, teacher
 def run_methods(config: DTKDConfig, *, methods: list[str] | None = None, ablations: bool = False,
                 epochs: int | None = None, teacher_epochs: int | None = None, seed: int | None = None,
                 data_root: Path | None = None, device=None, cache_teachers: bool = True,
-                manifest=None, on_row=None) -> dict[str, Any]:
+                manifest=None, on_row=None, only: list[str] | None = None) -> dict[str, Any]:
     """The whole measurement; returns {"teachers", "rows", "setup"}. ``data_root`` (when the
     dataset is the embedded synthetic one) is where it is generated; teachers are cached under
     ``data_root/teachers``. ``on_row(report_so_far)`` is called after each method (partial
-    results survive an interrupted run)."""
+    results survive an interrupted run). ``only``: run just the rows with these names (e.g. to
+    finish an interrupted ablation run; the teachers come from the cache)."""
     device = torch.device(device) if device is not None else default_device()
     methods = list(methods) if methods else list(DISTILLERS.names())
     if data_root is not None:
@@ -222,7 +224,13 @@ def run_methods(config: DTKDConfig, *, methods: list[str] | None = None, ablatio
     setup["teacher_seconds"] = time.perf_counter() - t0
     rows: list[dict] = []
     report = {"setup": setup, "config": config.model_dump(mode="json"), "teachers": teacher_info, "rows": rows}
-    for name, distill_data in runs_to_do(config.distill, methods, ablations):
+    todo = runs_to_do(config.distill, methods, ablations)
+    if only:
+        unknown = sorted(set(only) - {n for n, _ in todo})
+        if unknown:
+            raise ValueError(f"--only names no row: {unknown}; rows: {[n for n, _ in todo]}")
+        todo = [(n, d) for n, d in todo if n in only]
+    for name, distill_data in todo:
         log(f"{name}: distilling {distill_train.epochs} epochs")
         row = run_one(name, distill_data, config, manifest, teachers, distill_train, device=device)
         if row["error"] is None:
@@ -305,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablations", action="store_true", help="also the DT-KD ablations (weighting, SDB, each term off)")
     parser.add_argument("--data-root", type=Path, default=REPO / "data" / "bench_methods",
                         help="where the embedded synthetic set (+ store) is generated and teachers cached ('tmp': a temporary dir)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run only these rows of the list (quote names with spaces: 'dtkd sdb=nl')")
     parser.add_argument("--no-teacher-cache", action="store_true", help="always train the teachers")
     parser.add_argument("--seed", type=int, default=None, help="default: distill_training.seed")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -329,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_methods(config, methods=methods, ablations=args.ablations, epochs=args.epochs,
                              teacher_epochs=args.teacher_epochs, seed=args.seed, data_root=data_root,
-                             device=args.device, cache_teachers=not args.no_teacher_cache, on_row=write_json)
+                             device=args.device, cache_teachers=not args.no_teacher_cache, on_row=write_json,
+                             only=args.only)
     finally:
         if tmp is not None:
             tmp.cleanup()
