@@ -36,14 +36,8 @@ def default_device() -> torch.device:
 
 def view_for(ref: ModelRef) -> ViewSpec:
     """The clip a model sees: its registry spec's standard input, with the config's overrides."""
-    spec = models.get_spec(ref.name)
-    return ViewSpec(
-        frames=ref.frames or spec.frames,
-        sampling_rate=ref.sampling_rate or spec.sampling_rate,
-        crop_size=ref.crop_size or spec.crop_size,
-        mean=tuple(spec.mean),
-        std=tuple(spec.std),
-    )
+    overrides = {"frames": ref.frames, "sampling_rate": ref.sampling_rate, "crop_size": ref.crop_size}
+    return ViewSpec.from_spec(models.get_spec(ref.name, **overrides))
 
 
 def input_spec(ref: ModelRef) -> dict:
@@ -80,11 +74,6 @@ def build_model(ref: ModelRef, num_classes: int) -> BuiltModel:
 
 def num_classes_of(manifest: pd.DataFrame) -> int:
     return int(manifest["label_idx"].max()) + 1
-
-
-def class_names_of(manifest: pd.DataFrame) -> list[str]:
-    pairs = manifest[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")
-    return pairs["label"].tolist()
 
 
 def make_loader(

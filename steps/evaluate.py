@@ -10,6 +10,7 @@ from zenml import log_metadata, step
 
 from dtkd import workflows
 from dtkd.config import EvalConfig, ModelRef
+from dtkd.data import class_names
 from dtkd.data.config import DataConfig
 from steps.tracking import TRACKED, log_confusion_matrix
 
@@ -24,6 +25,6 @@ def evaluate_student(
     metrics.update(workflows.cost_metrics(student, ref))
     metrics["chance"] = 1.0 / workflows.num_classes_of(manifest)
     mlflow.log_metrics({f"test/{k}": float(v) for k, v in metrics.items()})
-    log_confusion_matrix(result.confusion, workflows.class_names_of(manifest))
+    log_confusion_matrix(result.confusion, class_names(manifest))
     log_metadata(metadata={k: float(v) for k, v in metrics.items()})
     return metrics
