@@ -130,7 +130,9 @@ def get_teachers(config: DTKDConfig, manifest, train_cfg: TrainConfig, *, device
     n = num_classes_of(manifest)
     for role in TEACHER_ROLES:
         ref = getattr(config.models, _TEACHER_KEYS[role])
-        path = cache_dir / f"{role}-{ref.name}-{_teacher_key(config, role, train_cfg, manifest)}.pt" if cache_dir else None
+        # This teacher's own overrides (e.g. the ViT's lr), with the run's epochs and seed.
+        role_cfg = with_epochs(config.teacher_train_config(role), train_cfg.epochs, train_cfg.seed)
+        path = cache_dir / f"{role}-{ref.name}-{_teacher_key(config, role, role_cfg, manifest)}.pt" if cache_dir else None
         t0 = time.perf_counter()
         if path is not None and path.exists():
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -140,9 +142,9 @@ def get_teachers(config: DTKDConfig, manifest, train_cfg: TrainConfig, *, device
             meta = {"seconds": float(blob["seconds"]), "cached": True}
             log(f"teacher {role} ({ref.name}): loaded from {path}")
         else:
-            log(f"teacher {role} ({ref.name}): training {train_cfg.epochs} epochs")
-            torch.manual_seed(train_cfg.seed)  # the model is built (initialised) before Trainer.fit seeds
-            model, _ = train_teacher(manifest, ref, train_cfg, config.data, device=device)
+            log(f"teacher {role} ({ref.name}): training {role_cfg.epochs} epochs, lr {role_cfg.lr}")
+            torch.manual_seed(role_cfg.seed)  # the model is built (initialised) before Trainer.fit seeds
+            model, _ = train_teacher(manifest, ref, role_cfg, config.data, device=device)
             meta = {"seconds": time.perf_counter() - t0, "cached": False}
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,9 @@ class TeacherRef(ModelRef):
     # "train": fine-tune in this run; "registry": reuse the version under `registry_alias`
     source: Literal["train", "registry"] = "train"
     registry_alias: str = "champion"
+    # Keys of `teacher_training` that differ for this teacher (a ViT wants a far lower lr than a
+    # CNN); validated merged with `teacher_training` (DTKDConfig.teacher_train_config).
+    training: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelsConfig(_Strict):
@@ -73,6 +76,14 @@ class DTKDConfig(_Strict):
     evaluation: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
 
+    def teacher_train_config(self, role: str) -> TrainConfig:
+        """``teacher_training`` with the ``models.<role>_teacher.training`` overrides applied."""
+        ref: TeacherRef = getattr(self.models, f"{role}_teacher")
+        return TrainConfig.model_validate({**self.teacher_training.model_dump(), **ref.training})
+
+
+TEACHER_ROLES = ("cnn", "vit")
+
 
 def format_validation_error(err: ValidationError, *, source: str, prefix: str = "",
                             title: str = "invalid configuration") -> str:
@@ -90,9 +101,17 @@ def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> D
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {type(data).__name__}")
     try:
-        return DTKDConfig.model_validate(data)
+        cfg = DTKDConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source=source, prefix=prefix, title="invalid dtkd config")) from None
+    for role in TEACHER_ROLES:
+        try:
+            cfg.teacher_train_config(role)
+        except ValidationError as err:
+            # Name the override (models.vit_teacher.training.lr), not a merged dict of no file.
+            key = ".".join(p for p in (prefix, "models", f"{role}_teacher", "training") if p)
+            raise ConfigError(format_validation_error(err, source=source, prefix=key, title="invalid dtkd config")) from None
+    return cfg
 
 
 def load_config(path: str | Path) -> DTKDConfig:

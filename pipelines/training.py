@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from zenml import Model, pipeline
 
-from dtkd.config import validate_config
+from dtkd.config import DTKDConfig, validate_config
 from dtkd.workflows import clip_span
 from steps.distill import distill_student
 from steps.evaluate import evaluate_student
@@ -28,6 +28,11 @@ STUDENT_MODEL = Model(
 )
 
 
+def teacher_train(cfg: DTKDConfig, role: str) -> dict:
+    """The training section of one teacher: teacher_training + that teacher's overrides."""
+    return cfg.teacher_train_config(role).model_dump(mode="json")
+
+
 def train_and_register(config: dict) -> None:
     """The DAG both pipelines share: validated config -> steps."""
     cfg = validate_config(config, source="pipeline parameter", prefix="config")
@@ -38,9 +43,9 @@ def train_and_register(config: dict) -> None:
 
     manifest = ingest_data(data=data)
     clean_manifest, _ = validate_data(manifest=manifest, data=data, min_frames=min_frames)
-    teacher_args = dict(manifest=clean_manifest, train=sections["teacher_training"], data=data, registry=sections["registry"])
-    cnn_teacher = train_cnn_teacher(model=models["cnn_teacher"], **teacher_args)
-    vit_teacher = train_vit_teacher(model=models["vit_teacher"], **teacher_args)
+    teacher_args = dict(manifest=clean_manifest, data=data, registry=sections["registry"])
+    cnn_teacher = train_cnn_teacher(model=models["cnn_teacher"], train=teacher_train(cfg, "cnn"), **teacher_args)
+    vit_teacher = train_vit_teacher(model=models["vit_teacher"], train=teacher_train(cfg, "vit"), **teacher_args)
     student, _ = distill_student(
         manifest=clean_manifest,
         cnn_teacher=cnn_teacher,

@@ -39,6 +39,9 @@ def _default_dict() -> dict:
         (("models", "student", "frames"), 0, "models.student.frames: Input should be greater than 0"),
         (("teacher_training", "optimizer"), "lamb", "teacher_training.optimizer: Input should be 'sgd' or 'adamw'"),
         (("data", "dataset"), "kinetic", "data.dataset: Value error, unknown dataset 'kinetic'"),
+        # Per-teacher overrides are validated merged with teacher_training, named where they are.
+        (("models", "vit_teacher", "training"), {"lr": -1}, "models.vit_teacher.training.lr: Input should be greater than 0"),
+        (("models", "cnn_teacher", "training"), {"epoks": 3}, "models.cnn_teacher.training.epoks: Extra inputs are not permitted"),
     ],
 )
 def test_bad_value_fails_naming_the_key(tmp_path, path, value, message):
@@ -68,3 +71,16 @@ def test_missing_section_and_bad_files_are_named(tmp_path):
     (tmp_path / "noconfig.yaml").write_text("parameters: {other: 1}\n")
     with pytest.raises(ConfigError, match="parameters.config is missing"):
         load_config(tmp_path / "noconfig.yaml")
+
+
+def test_teacher_overrides_apply_to_that_teacher_only():
+    cfg = _default_dict()
+    cfg["teacher_training"]["lr"] = 0.01
+    cfg["models"]["vit_teacher"]["training"] = {"lr": 2e-4, "epochs": 3}
+    cfg["models"]["cnn_teacher"].pop("training", None)
+    parsed = validate_config(cfg)
+    vit, cnn = parsed.teacher_train_config("vit"), parsed.teacher_train_config("cnn")
+    assert (vit.lr, vit.epochs) == (2e-4, 3)
+    assert cnn == parsed.teacher_training and cnn.lr == 0.01
+    # Every other key is the shared section's.
+    assert vit.model_dump(exclude={"lr", "epochs"}) == cnn.model_dump(exclude={"lr", "epochs"})

@@ -99,7 +99,7 @@ def job_from_config(config_path: str, args: argparse.Namespace) -> Job:
         ref = getattr(cfg.models, args.stage)
         built = workflows.build_model(ref, n)
         distiller = build_distiller(DistillConfig(method="none"), built.model, built.spec, [])
-        views, train_cfg = {"student": built.view}, cfg.teacher_training
+        views, train_cfg = {"student": built.view}, cfg.teacher_train_config(args.stage.removesuffix("_teacher"))
     else:
         student = workflows.build_model(cfg.models.student, n)
         weights = teacher_weights(args.teacher)
