@@ -42,6 +42,12 @@ class DistillConfig(BaseModel):
     phi_dim: Optional[int] = Field(None, ge=1, description="PCA dimension d when phi_vit = 'pca'")
     phi_ridge: float = Field(1e-3, ge=0, description="ridge strength of phi_CNN, relative to the mean feature variance")
     prepare_max_batches: Optional[int] = Field(None, ge=1, description="cap on batches used to fit phi (None = all)")
+    prepare_views: int = Field(
+        2, ge=1, description="augmented views of every training clip phi is fitted on (capped by the teacher cache's views)"
+    )
+    sd_standardize: bool = Field(
+        True, description="divide f_res by its training-set RMS (fixed when phi is fitted): L_SD ~ 1 for a zero prediction"
+    )
 
     # Shared.
     label_smoothing: float = Field(0.0, ge=0, lt=1)

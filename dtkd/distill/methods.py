@@ -178,6 +178,7 @@ class DTKD(Distiller):
                 phi_dim=cfg.phi_dim if cfg.phi_vit == "pca" else None,
                 ridge=cfg.phi_ridge,
                 se_reduction=cfg.se_reduction,
+                standardize=cfg.sd_standardize,
             )
         if self.use_rkd:
             self._use_teachers([self.vit], features=True)
@@ -200,6 +201,11 @@ class DTKD(Distiller):
     @property
     def needs_prepare(self) -> bool:
         return self.sdd is not None and not self.sdd.phi.is_fitted
+
+    @property
+    def prepare_views(self) -> int:
+        """Augmented views of each training clip ``prepare`` should see (the Trainer reads it)."""
+        return self.cfg.prepare_views
 
     def _student_grid(self, x: Tensor) -> tuple[int, ...]:
         """The (T, H, W) of the student's tapped map for this clip size (one eval forward)."""

@@ -9,7 +9,9 @@ dtkd fixes them before training:
   location).
 
 f_res = phi_ViT(f_ViT) - phi_CNN(f_CNN) is then the part of the ViT's features that the CNN
-teacher cannot explain linearly, with zero mean over the training set.
+teacher cannot explain linearly, with zero mean over the training set. With ``standardize`` it is
+also divided by its training-set RMS (one scalar, fixed by the fit), so that L_SD does not scale
+with the teachers' feature magnitudes (dtkd's deviation; docs/method.md).
 """
 from __future__ import annotations
 
@@ -75,7 +77,8 @@ class ClosedFormPhi(nn.Module):
     """phi_ViT and phi_CNN as fixed 1x1x1 affine maps (buffers; no parameters)."""
 
     def __init__(
-        self, vit_channels: int, cnn_channels: int, out_channels: int | None = None, ridge: float = 1e-3
+        self, vit_channels: int, cnn_channels: int, out_channels: int | None = None, ridge: float = 1e-3,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if out_channels is not None and not 0 < out_channels <= vit_channels:
@@ -84,6 +87,7 @@ class ClosedFormPhi(nn.Module):
         self.pca = out_channels is not None
         self.out_channels = out_channels or vit_channels
         self.ridge = ridge
+        self.standardize = standardize
         d = self.out_channels
         self.register_buffer("cnn_weight", torch.zeros(d, cnn_channels))
         self.register_buffer("cnn_bias", torch.zeros(d))
@@ -91,6 +95,7 @@ class ClosedFormPhi(nn.Module):
             self.register_buffer("vit_weight", torch.zeros(d, vit_channels))
             self.register_buffer("vit_bias", torch.zeros(d))
         self.register_buffer("fitted", torch.tensor(False))
+        self.register_buffer("target_scale", torch.tensor(1.0))  # f_res is divided by it
 
     @property
     def is_fitted(self) -> bool:
@@ -116,7 +121,7 @@ class ClosedFormPhi(nn.Module):
                 raise ValueError(f"{who} teacher features have {feat.shape[1]} channels, phi expects {c}")
         # Outside autocast: the target must not be rounded to bf16 before the loss.
         with torch.autocast(device_type=vit_feat.device.type, enabled=False):
-            return self.phi_vit(vit_feat.float()) - self.phi_cnn(cnn_feat.float())
+            return (self.phi_vit(vit_feat.float()) - self.phi_cnn(cnn_feat.float())) / self.target_scale
 
     @torch.no_grad()
     def fit(self, moments: FeatureMoments) -> dict[str, float]:
@@ -165,9 +170,16 @@ class ClosedFormPhi(nn.Module):
         total = torch.trace(s_y)
         res = total - 2 * torch.trace(weight.T @ s_xy) + torch.trace(weight.T @ sxx @ weight)
         stats["phi/r2"] = float(1 - res / total.clamp_min(1e-30))
-        stats["phi/residual_variance"] = float(res / s_y.shape[0])
+        residual_var = float(res / s_y.shape[0])  # per channel; f_res has zero training-set mean
+        stats["phi/residual_variance"] = residual_var
+        # A residual at round-off level has nothing to standardise: dividing would amplify noise.
+        explained_all = residual_var <= 1e-10 * float(total.clamp_min(1e-30)) / s_y.shape[0]
+        scale = residual_var ** 0.5 if self.standardize and not explained_all else 1.0
+        self.target_scale.fill_(scale)
+        stats["phi/target_scale"] = scale
         return stats
 
     def extra_repr(self) -> str:
         vit = f"pca->{self.out_channels}" if self.pca else "identity"
-        return f"phi_vit={vit}, phi_cnn=ridge({self.cnn_channels}->{self.out_channels}, ridge={self.ridge})"
+        return (f"phi_vit={vit}, phi_cnn=ridge({self.cnn_channels}->{self.out_channels}, ridge={self.ridge}), "
+                f"standardize={self.standardize}")

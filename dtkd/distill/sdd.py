@@ -32,10 +32,11 @@ class StructureDiscrepancyDistillation(nn.Module):
         phi_dim: int | None = None,
         ridge: float = 1e-3,
         se_reduction: int = 16,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         self.zeta, self.rho = zeta, rho
-        self.phi = ClosedFormPhi(vit_channels, cnn_channels, phi_dim, ridge)
+        self.phi = ClosedFormPhi(vit_channels, cnn_channels, phi_dim, ridge, standardize)
         self.sdb = StructureDiscrepancyBranch(student_channels, self.phi.out_channels, variant, se_reduction)
         self.mask_fraction = MeanMeter()
 

@@ -384,7 +384,9 @@ class Trainer:
         cfg = self.cfg
         dataset, loader_kw = self._unwrap(train, cfg.num_workers)
         views = dataset if isinstance(dataset, SeededViews) else SeededViews(dataset, cfg.seed)
-        if cfg.teacher_cache_views and self.cache is None:
+        # A method that runs no teacher (e.g. `none` given teachers anyway) has nothing to cache.
+        uses_teachers = bool(getattr(self.distiller, "active_teachers", True))
+        if cfg.teacher_cache_views and self.cache is None and uses_teachers:
             self.cache = self._build_cache(views, loader_kw)
         if self.cache is not None and (self.cache.seed, self.cache.num_items) != (views.seed, len(views)):
             raise ValueError(
@@ -435,9 +437,16 @@ class Trainer:
         return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(len(dataset), self.info.rank, self.info.world_size), **kw)
 
     def _prepare(self, views: SeededViews, loader_kw: dict) -> None:
-        """``distiller.prepare`` on view 0 of this rank's share of the training clips (the
-        distiller sums its statistics over ranks); cached teacher outputs are passed along."""
-        keys = [ViewKey(i, 0) for i in range(self.info.rank, len(views), self.info.world_size)]
+        """``distiller.prepare`` on views 0..P-1 of this rank's share of the training clips
+        (P = ``distiller.prepare_views``, at most the cached views; the distiller sums its
+        statistics over ranks); cached teacher outputs are passed along. More than one view:
+        a closed-form fit on exactly the views of the first epoch would fit part of their
+        residual away by chance, and the target would be smaller then than ever after."""
+        num_views = max(1, int(getattr(self.distiller, "prepare_views", 1)))
+        if self.cache is not None:
+            num_views = min(num_views, self.cache.num_views)
+        shard = range(self.info.rank, len(views), self.info.world_size)
+        keys = [ViewKey(i, v) for v in range(num_views) for i in shard]
         loader = DataLoader(views, batch_size=max(1, self.cfg.batch_size // self.info.world_size), sampler=keys,
                             **{**loader_kw, "persistent_workers": False})
         if self.cache is not None:

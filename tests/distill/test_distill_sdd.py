@@ -58,6 +58,36 @@ def test_residual_is_zero_mean_and_orthogonal_to_cnn_features():
     assert cross.abs().max() < 1e-4
 
 
+def test_standardised_residual_has_unit_rms_on_the_fit_data_whatever_the_feature_scale():
+    pairs = _linear_teachers(noise=1.0)
+    x = torch.cat([p[0] for p in pairs])
+    y = torch.cat([p[1] for p in pairs])
+    residuals = {}
+    for scale in (1.0, 30.0):  # teachers whose features are 30x larger
+        plain, standard = ClosedFormPhi(7, 5, ridge=0.0), ClosedFormPhi(7, 5, ridge=0.0, standardize=True)
+        for phi in (plain, standard):
+            moments = FeatureMoments()
+            for a, b in pairs:
+                moments.update(a * scale, b * scale)
+            stats = phi.fit(moments)
+        res = standard(y * scale, x * scale)
+        assert res.double().square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+        # The same target up to the one fitted scalar, which is the raw residual's RMS.
+        assert stats["phi/target_scale"] == pytest.approx(stats["phi/residual_variance"] ** 0.5)
+        torch.testing.assert_close(res * standard.target_scale, plain(y * scale, x * scale), rtol=1e-4, atol=1e-4)
+        residuals[scale] = res
+    torch.testing.assert_close(residuals[1.0], residuals[30.0], rtol=1e-3, atol=1e-3)
+
+
+def test_standardising_a_fully_explained_residual_leaves_it_unscaled():
+    # y = A x + b exactly: the residual is round-off; dividing by its RMS would amplify noise.
+    phi = ClosedFormPhi(7, 5, ridge=1e-9, standardize=True)
+    moments = FeatureMoments()
+    for x, y in _linear_teachers():
+        moments.update(x, y)
+    assert phi.fit(moments)["phi/target_scale"] == 1.0 and phi.target_scale.item() == 1.0
+
+
 def test_pca_phi_vit_is_an_orthonormal_projection():
     phi = ClosedFormPhi(7, 5, out_channels=3)
     moments = FeatureMoments()

@@ -73,3 +73,30 @@ def test_sd_reaches_the_x3d_backbone_and_cache_matches(zoo):
     live = d(x, y)
     cached = d({"student": x["student"]}, y, teacher_outputs=cache)
     torch.testing.assert_close(cached.losses["sd"], live.losses["sd"])
+
+
+class _Clips(torch.utils.data.Dataset):
+    """Random 8x64x64 clips for every view, labels 0..N-1."""
+
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(2)
+        self.x = torch.randn(n, 3, 8, 64, 64, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"inputs": {k: self.x[i] for k in ("student", "vit", "cnn")}, "label": i % N, "index": i}
+
+
+def test_a_method_without_teachers_ignores_the_teacher_cache(zoo, tmp_path):
+    # `none` given teachers (as bench/methods.py does for every row) with teacher_cache_views set:
+    # nothing to cache, so train CE-only instead of failing.
+    from dtkd.engine import Trainer, TrainConfig
+
+    d = make(zoo, "none")
+    cfg = TrainConfig(epochs=1, batch_size=3, teacher_cache_views=2)
+    trainer = Trainer(d, cfg, progress=False, cache_dir=tmp_path / "cache")
+    result = trainer.fit(_Clips(6))
+    assert trainer.cache is None and not (tmp_path / "cache").exists()
+    assert set(k for k in result.history[0] if k.startswith("train_loss/")) == {"train_loss/ce"}

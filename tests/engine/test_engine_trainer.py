@@ -179,3 +179,30 @@ def test_a_cache_built_for_other_clips_is_refused(tmp_path):
     cache = TeacherCache.build(d, SeededViews(ToyClips(8, views=("student", "cnn", "vit")), seed=1), tmp_path, num_views=1)
     with pytest.raises(ValueError, match="would not see the cached views"):
         Trainer(d, fast_cfg(epochs=1, seed=0), teacher_cache=cache, progress=False).fit(ToyClips(8))
+
+
+class _PreparingDistiller:
+    """Wraps a toy distiller so that it asks for a phi-style fit and records what the fit saw."""
+
+    def __init__(self, d, views: int) -> None:
+        self.seen: list[tuple[int, int]] = []
+        d.needs_prepare, d.prepare_views = True, views
+
+        def prepare(loader):
+            for batch in loader:
+                self.seen += list(zip(batch["index"].tolist(), batch["view_id"].tolist()))
+            d.needs_prepare = False
+
+        d.prepare = prepare
+        self.distiller = d
+
+
+@pytest.mark.parametrize("views, cache_views, expected", [(1, 0, 1), (3, 0, 3), (3, 2, 2)])
+def test_prepare_sees_every_clip_on_the_first_views(views, cache_views, expected, tmp_path):
+    # The closed-form phi fit must not see only epoch 0's views (it would fit their residual
+    # away by chance); with cached teachers it can only use the views the cache holds.
+    rec = _PreparingDistiller(toy_distiller(teachers=bool(cache_views)), views)
+    cfg = fast_cfg(epochs=1, teacher_cache_views=cache_views)
+    clips = ToyClips(10, views=("student", "cnn", "vit") if cache_views else ("student",))
+    Trainer(rec.distiller, cfg, progress=False, cache_dir=tmp_path / "cache" if cache_views else None).fit(clips)
+    assert sorted(rec.seen) == [(i, v) for i in range(10) for v in range(expected)]
