@@ -44,6 +44,7 @@ out["registered"] = {
 }
 exp = mc.get_experiment_by_name("dtkd")
 out["metric_keys"] = sorted({k for r in mc.search_runs([exp.experiment_id]) for k in r.data.metrics})
+out["lr_params"] = {k: v for r in mc.search_runs([exp.experiment_id]) for k, v in r.data.params.items() if k.endswith("train.lr")}
 out["artifacts"] = sorted({a.path for r in mc.search_runs([exp.experiment_id]) for a in mc.list_artifacts(r.info.run_id)})
 zmodel = client.get_model("dtkd-student")
 out["zenml_model_versions"] = [
@@ -155,6 +156,9 @@ def test_pipeline_runs_end_to_end_and_second_run_is_cached(home):
     assert {"test/top1", "test/top5", "test/params", "test/gflops", "test/latency_ms"} <= keys
     assert any(k.startswith("student/") for k in keys) and any(k.startswith("cnn_teacher/") for k in keys)
     assert {"confusion_matrix.png", "data_docs"} <= set(result["artifacts"])
+    # configs/tiny.yaml gives the ViT teacher its own lr (models.vit_teacher.training).
+    assert float(result["lr_params"]["vit_teacher.train.lr"]) == 0.001
+    assert float(result["lr_params"]["cnn_teacher.train.lr"]) == 0.003
 
     # The registry holds a champion student (first candidate within budget) and both teachers,
     # each version carrying the DVC data version of the data repo.
