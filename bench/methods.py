@@ -143,7 +143,6 @@ def get_teachers(config: DTKDConfig, manifest, train_cfg: TrainConfig, *, device
             log(f"teacher {role} ({ref.name}): loaded from {path}")
         else:
             log(f"teacher {role} ({ref.name}): training {role_cfg.epochs} epochs, lr {role_cfg.lr}")
-            torch.manual_seed(role_cfg.seed)  # the model is built (initialised) before Trainer.fit seeds
             model, _ = train_teacher(manifest, ref, role_cfg, config.data, device=device)
             meta = {"seconds": time.perf_counter() - t0, "cached": False}
             if path is not None:
@@ -168,7 +167,6 @@ def run_one(name: str, distill_data: dict, config: DTKDConfig, manifest, teacher
     try:
         distill_cfg = DistillConfig.model_validate(distill_data)
         row["config"] = {k: v for k, v in distill_cfg.model_dump().items() if v != DistillConfig().model_dump().get(k)}
-        torch.manual_seed(train_cfg.seed)  # the same initial student (and extra heads) for every method
         student, result, diagnostics = distill_student(manifest, config.models.student, teachers, distill_cfg,
                                                        train_cfg, config.data, device=device)
         row["train_seconds"] = time.perf_counter() - t0

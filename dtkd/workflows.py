@@ -124,6 +124,7 @@ def train_teacher(
 ) -> tuple[nn.Module, TrainResult]:
     """Fine-tune one teacher with cross-entropy (the `none` distiller) on the train split."""
     n = num_classes_of(manifest)
+    torch.manual_seed(train_cfg.seed)  # the initial weights follow the config's seed too
     built = build_model(ref, n)
     views = {STUDENT_VIEW: built.view}
     distiller = build_distiller(DistillConfig(method="none"), built.model, built.spec, [])
@@ -149,6 +150,7 @@ def distill_student(
 ) -> tuple[nn.Module, TrainResult, list[dict]]:
     """Distil a fresh student from frozen teachers ({"cnn": (model, ref), "vit": (model, ref)})."""
     n = num_classes_of(manifest)
+    torch.manual_seed(train_cfg.seed)  # the initial student (and the SDB) follow the config's seed
     student = build_model(student_ref, n)
     views = {STUDENT_VIEW: student.view}
     refs = []
