@@ -1,22 +1,16 @@
 """Smoke test of bench/methods.py: two methods, one epoch, a 2-class tiny synthetic set."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from bench_loader import load_bench
 
 from dtkd.config import validate_config
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_methods", REPO / "bench" / "methods.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("methods")
 
 
 def _tiny_config():
