@@ -43,7 +43,7 @@ def train_and_register(config: dict) -> None:
 
     manifest = ingest_data(data=data)
     clean_manifest, _ = validate_data(manifest=manifest, data=data, min_frames=min_frames)
-    teacher_args = dict(manifest=clean_manifest, data=data, registry=sections["registry"])
+    teacher_args = dict(manifest=clean_manifest, data=data, registry=sections["registry"], evaluation=sections["evaluation"])
     cnn_teacher = train_cnn_teacher(model=models["cnn_teacher"], train=teacher_train(cfg, "cnn"), **teacher_args)
     vit_teacher = train_vit_teacher(model=models["vit_teacher"], train=teacher_train(cfg, "vit"), **teacher_args)
     student, _ = distill_student(

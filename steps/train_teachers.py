@@ -9,7 +9,7 @@ from torch import nn
 from zenml import log_metadata, step
 
 from dtkd import workflows
-from dtkd.config import RegistryConfig, TeacherRef
+from dtkd.config import EvalConfig, RegistryConfig, TeacherRef
 from dtkd.data.config import DataConfig
 from dtkd.engine import TrainConfig
 from dtkd_ops import registry as mlflow_registry
@@ -18,7 +18,8 @@ from steps.data_version import current_data_tags
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
 
 
-def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: dict, registry: dict) -> nn.Module:
+def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: dict, registry: dict,
+             evaluation: dict) -> nn.Module:
     ref = TeacherRef.model_validate(model)
     reg = RegistryConfig.model_validate(registry)
     registered_name = f"{reg.teacher_prefix}-{role}"
@@ -30,7 +31,7 @@ def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: 
     train_cfg = TrainConfig.model_validate(train)
     data_cfg = DataConfig.model_validate(data)
     log_params_flat({"model": model, "train": train}, prefix=f"{role}_teacher.")
-    teacher, result = workflows.train_teacher(
+    teacher, _ = workflows.train_teacher(
         manifest,
         ref,
         train_cfg,
@@ -38,8 +39,9 @@ def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: 
         callbacks=[MlflowEpochLogger(prefix=f"{role}_teacher/")],
         checkpoint_dir=checkpoint_dir(f"{role}_teacher", model, train, data, workflows.manifest_fingerprint(manifest)),
     )
-    evaluation = workflows.evaluate_model(teacher, ref, manifest, workflows.EvalConfig(), data_cfg)
-    metrics = {"top1": evaluation.top1, "top5": evaluation.top5}
+    # The run's multi-view test protocol, as the student gets (the trainer validates on one view).
+    test = workflows.evaluate_model(teacher, ref, manifest, EvalConfig.model_validate(evaluation), data_cfg)
+    metrics = {"top1": test.top1, "top5": test.top5}
     mlflow.log_metrics({f"{role}_teacher/test_{k}": v for k, v in metrics.items()})
     version = mlflow_registry.register_candidate(
         teacher,
@@ -57,10 +59,12 @@ def _teacher(manifest: pd.DataFrame, role: str, model: dict, train: dict, data: 
 
 
 @step(**TRACKED)
-def train_cnn_teacher(manifest: pd.DataFrame, model: dict, train: dict, data: dict, registry: dict) -> Annotated[nn.Module, "cnn_teacher"]:
-    return _teacher(manifest, "cnn", model, train, data, registry)
+def train_cnn_teacher(manifest: pd.DataFrame, model: dict, train: dict, data: dict, registry: dict,
+                      evaluation: dict) -> Annotated[nn.Module, "cnn_teacher"]:
+    return _teacher(manifest, "cnn", model, train, data, registry, evaluation)
 
 
 @step(**TRACKED)
-def train_vit_teacher(manifest: pd.DataFrame, model: dict, train: dict, data: dict, registry: dict) -> Annotated[nn.Module, "vit_teacher"]:
-    return _teacher(manifest, "vit", model, train, data, registry)
+def train_vit_teacher(manifest: pd.DataFrame, model: dict, train: dict, data: dict, registry: dict,
+                      evaluation: dict) -> Annotated[nn.Module, "vit_teacher"]:
+    return _teacher(manifest, "vit", model, train, data, registry, evaluation)
