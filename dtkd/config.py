@@ -114,15 +114,25 @@ def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> D
     return cfg
 
 
+def read_yaml(path: str | Path, *, what: str = "file") -> Any:
+    """The parsed content of a YAML file. Errors name the file: FileNotFoundError
+    ("<path>: <what> not found") or ValueError ("<path>: not valid YAML: ...")."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+
+
 def load_config(path: str | Path) -> DTKDConfig:
     """Load a dtkd config from a YAML file (a ZenML run config or a plain dtkd config)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raw = read_yaml(path, what="config file")
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
     if isinstance(raw, dict) and "parameters" in raw:
         params = raw["parameters"] or {}
         if "config" not in params:

@@ -7,9 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dtkd.config import format_validation_error  # noqa: F401  (re-exported for dtkd_ops)
+from dtkd.config import read_yaml
 from dtkd.fsutil import atomic_write_bytes
 
 
@@ -25,12 +24,7 @@ def load_yaml_mapping(path: str | Path, *, section: str | None = None) -> dict:
     """Load a YAML file that must hold a mapping (optionally the mapping under ``section``).
     Errors name the file and, where relevant, the section."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
