@@ -45,8 +45,7 @@ from dtkd.engine import TrainConfig  # noqa: E402
 from dtkd.workflows import (build_model, default_device, evaluate_model, distill_student,  # noqa: E402
                             load_manifest, manifest_fingerprint, num_classes_of, train_teacher)
 
-TEACHER_ROLES = ("vit", "cnn")  # distill_student's roles -> config keys below
-_TEACHER_KEYS = {"vit": "vit_teacher", "cnn": "cnn_teacher"}
+TEACHER_ROLES = ("vit", "cnn")  # distill_student's roles, in the order the tables list them
 
 
 def log(msg: str) -> None:
@@ -102,7 +101,7 @@ def _digest(obj: Any, n: int = 16) -> str:
 def _teacher_key(config: DTKDConfig, role: str, train_cfg: TrainConfig, manifest) -> str:
     """Names a trained teacher: its model, its training, and the data (the manifest's rows AND
     the data knobs: the synthetic set keeps its video names when its nuisances change)."""
-    ref = getattr(config.models, _TEACHER_KEYS[role])
+    ref = config.teacher_ref(role)
     data = config.data.model_dump(mode="json", exclude={"root", "store", "num_workers"})
     return _digest({"ref": ref.model_dump(mode="json"), "train": train_cfg.model_dump(mode="json"),
                     "data": data, "rows": manifest_fingerprint(manifest), "torch": torch.__version__})
@@ -129,7 +128,7 @@ def get_teachers(config: DTKDConfig, manifest, train_cfg: TrainConfig, *, device
     teachers, info = {}, {}
     n = num_classes_of(manifest)
     for role in TEACHER_ROLES:
-        ref = getattr(config.models, _TEACHER_KEYS[role])
+        ref = config.teacher_ref(role)
         # This teacher's own overrides (e.g. the ViT's lr), with the run's epochs and seed.
         role_cfg = with_epochs(config.teacher_train_config(role), train_cfg.epochs, train_cfg.seed)
         path = cache_dir / f"{role}-{ref.name}-{_teacher_key(config, role, role_cfg, manifest)}.pt" if cache_dir else None

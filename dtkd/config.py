@@ -18,6 +18,9 @@ from dtkd.distill.config import DistillConfig
 from dtkd.engine.config import TrainConfig
 
 
+TEACHER_ROLES = ("cnn", "vit")  # models.<role>_teacher
+
+
 class ConfigError(ValueError):
     """A config file or dict that does not validate; the message names every bad key."""
 
@@ -76,13 +79,16 @@ class DTKDConfig(_Strict):
     evaluation: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
 
+    def teacher_ref(self, role: str) -> TeacherRef:
+        """``models.<role>_teacher`` for a teacher role (``cnn`` or ``vit``)."""
+        if role not in TEACHER_ROLES:
+            raise ValueError(f"unknown teacher role {role!r}; known: {', '.join(TEACHER_ROLES)}")
+        return getattr(self.models, f"{role}_teacher")
+
     def teacher_train_config(self, role: str) -> TrainConfig:
         """``teacher_training`` with the ``models.<role>_teacher.training`` overrides applied."""
-        ref: TeacherRef = getattr(self.models, f"{role}_teacher")
+        ref = self.teacher_ref(role)
         return TrainConfig.model_validate({**self.teacher_training.model_dump(), **ref.training})
-
-
-TEACHER_ROLES = ("cnn", "vit")
 
 
 def format_validation_error(err: ValidationError, *, source: str, prefix: str = "",

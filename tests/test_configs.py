@@ -84,3 +84,5 @@ def test_teacher_overrides_apply_to_that_teacher_only():
     assert cnn == parsed.teacher_training and cnn.lr == 0.01
     # Every other key is the shared section's.
     assert vit.model_dump(exclude={"lr", "epochs"}) == cnn.model_dump(exclude={"lr", "epochs"})
+    with pytest.raises(ValueError, match="unknown teacher role 'student'; known: cnn, vit"):
+        parsed.teacher_ref("student")

@@ -83,7 +83,7 @@ def teacher_weights(items: Sequence[str]) -> dict[str, str]:
 def job_from_config(config_path: str, args: argparse.Namespace) -> Job:
     """The standard jobs of a dtkd config: fine-tune a teacher, or distil the student."""
     from dtkd import models, workflows
-    from dtkd.config import load_config
+    from dtkd.config import TEACHER_ROLES, load_config
     from dtkd.data import ClipDataset
     from dtkd.distill import DistillConfig, TeacherRef, build_distiller
 
@@ -96,16 +96,16 @@ def job_from_config(config_path: str, args: argparse.Namespace) -> Job:
                            num_crops=1 if train else cfg.evaluation.num_crops, seed=seed, **cfg.data.dataset_kwargs())
 
     if args.stage != "distill":
-        ref = getattr(cfg.models, args.stage)
-        built = workflows.build_model(ref, n)
+        role = args.stage.removesuffix("_teacher")
+        built = workflows.build_model(cfg.teacher_ref(role), n)
         distiller = build_distiller(DistillConfig(method="none"), built.model, built.spec, [])
-        views, train_cfg = {"student": built.view}, cfg.teacher_train_config(args.stage.removesuffix("_teacher"))
+        views, train_cfg = {"student": built.view}, cfg.teacher_train_config(role)
     else:
         student = workflows.build_model(cfg.models.student, n)
         weights = teacher_weights(args.teacher)
         views, refs = {"student": student.view}, []
-        for role in ("cnn", "vit"):
-            ref = getattr(cfg.models, f"{role}_teacher")
+        for role in TEACHER_ROLES:
+            ref = cfg.teacher_ref(role)
             teacher = workflows.build_model(ref, n).model
             if role in weights:
                 state = torch.load(weights[role], map_location="cpu", weights_only=True)
