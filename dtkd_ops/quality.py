@@ -415,24 +415,17 @@ def run_quality_gate(
     reasons: dict[int, list[str]] = {}
 
     # 1. every video: per-video checks (quarantine) + leakage (dataset)
-    checks = _video_checks(rules)
-    gx_results = gx_ctx.validate("videos", table, checks, [_ROW])
-    for check in checks:
-        res = gx_results[check.name]
+    for check, res in _validate(gx_ctx, "videos", table, _video_checks(rules), _ROW):
+        if check.kind != "quarantine":
+            results.append(_result(check, res, *_describe(check, res, table)))
+            continue
         bad_rows = _failing_rows(res, _ROW)
-        if check.kind == "quarantine":
-            if check.name == "duplicate_content":
-                bad_rows = _duplicates_after_first(table, bad_rows, reasons)
-            else:
-                for i in bad_rows:
-                    reasons.setdefault(i, []).append(check.reason(table.iloc[i]))
-            results.append(CheckResult(check.name, check.kind, check.description, res.success,
-                                       len(bad_rows), _example_paths(table, bad_rows),
-                                       res.expectation_config.type))
+        if check.name == "duplicate_content":
+            bad_rows = _duplicates_after_first(table, bad_rows, reasons)
         else:
-            n, detail = _describe(check, res, table)
-            results.append(CheckResult(check.name, check.kind, check.description, res.success, n, detail,
-                                       res.expectation_config.type))
+            for i in bad_rows:
+                reasons.setdefault(i, []).append(check.reason(table.iloc[i]))
+        results.append(_result(check, res, len(bad_rows), _example_paths(table, bad_rows)))
 
     quarantined_rows = sorted(reasons)
     quarantined = pd.DataFrame(
@@ -446,13 +439,9 @@ def run_quality_gate(
     clean_manifest = manifest[clean_mask.to_numpy()].reset_index(drop=True)
 
     # 2. the clean videos: splits, label set
-    checks = _clean_checks(rules)
     clean_table = table.loc[clean_mask, [_ROW, "video_id", "path", "label", "split"]].reset_index(drop=True)
-    gx_results = gx_ctx.validate("clean_videos", clean_table, checks, [_ROW])
-    for check in checks:
-        n, detail = _describe(check, gx_results[check.name], clean_table)
-        results.append(CheckResult(check.name, check.kind, check.description, gx_results[check.name].success,
-                                   n, detail, gx_results[check.name].expectation_config.type))
+    results += [_result(check, res, *_describe(check, res, clean_table))
+                for check, res in _validate(gx_ctx, "clean_videos", clean_table, _clean_checks(rules), _ROW)]
 
     # 3. split x label counts of the clean videos: videos per class, balance
     labels = (list(rules.expected_labels) if rules.expected_labels is not None
@@ -460,12 +449,8 @@ def run_quality_gate(
     splits = [s for s in ALLOWED_SPLITS if s in set(clean_table["split"]) | set(rules.required_splits)]
     cls = _class_table(clean_table, labels, splits)
     cls.insert(0, "_cell", range(len(cls)))
-    checks = _class_checks(rules)
-    gx_results = gx_ctx.validate("class_counts", cls, checks, ["_cell"])
-    for check in checks:
-        n, detail = _describe(check, gx_results[check.name], cls)
-        results.append(CheckResult(check.name, check.kind, check.description, gx_results[check.name].success,
-                                   n, detail, gx_results[check.name].expectation_config.type))
+    results += [_result(check, res, *_describe(check, res, cls))
+                for check, res in _validate(gx_ctx, "class_counts", cls, _class_checks(rules), "_cell")]
 
     t_gx = time.perf_counter() - t1
     t2 = time.perf_counter()
@@ -480,6 +465,16 @@ def run_quality_gate(
         stats=stats_out, rules=rules, n_videos=len(table), docs_path=docs_path,
         timings={"probe": t_probe, "gx_validate": t_gx, "data_docs": t_docs, "gx_import": t_import},
     )
+
+
+def _validate(gx_ctx, suite: str, table: pd.DataFrame, checks: list, key: str) -> list[tuple]:
+    """(check, its GX result) for every check of one suite run over ``table`` (rows keyed by ``key``)."""
+    results = gx_ctx.validate(suite, table, checks, [key])
+    return [(check, results[check.name]) for check in checks]
+
+
+def _result(check, res, failing: int, detail: str) -> CheckResult:
+    return CheckResult(check.name, check.kind, check.description, res.success, failing, detail, res.expectation_config.type)
 
 
 def _duplicates_after_first(table: pd.DataFrame, rows: list[int], reasons: dict[int, list[str]]) -> list[int]:
