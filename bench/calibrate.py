@@ -6,7 +6,7 @@ given knobs, and report its test top-1 per epoch and the wall time.
 
 How docs/runs.md picked the data size, resolution and per-model learning rates. The data set
 (and its clip store) is generated under --data-root, one directory per set of generator knobs,
-and reused. Training goes through ``dtkd.workflows.train_teacher`` (the pipeline's job), so the
+and reused. Training is a teacher stage assembled by ``dtkd.assemble.build_job`` (the pipeline's job), so the
 figures are the pipeline's. Prints one line per epoch on stderr, then one JSON object as the
 LAST line of stdout.
 """
@@ -21,11 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dtkd.config import ModelRef  # noqa: E402
-from dtkd.data import prepare_store  # noqa: E402
+from dtkd.assemble import build_job  # noqa: E402
+from dtkd.config import EvalConfig, TeacherConfig, TeacherStage  # noqa: E402
+from dtkd.data import prepare_manifest, prepare_store  # noqa: E402
 from dtkd.data.config import DataConfig  # noqa: E402
 from dtkd.engine import TrainConfig  # noqa: E402
-from dtkd.workflows import load_manifest, train_teacher  # noqa: E402
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -62,15 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 
     data = data_config(args)
     start = time.perf_counter()
-    manifest = load_manifest(data)
+    manifest = prepare_manifest(data)
     prepare_store(data, manifest)
     data_s = time.perf_counter() - start
-    ref = ModelRef(name=args.model, frames=args.frames, sampling_rate=args.rate, crop_size=args.size)
+    ref = TeacherConfig(name=args.model, frames=args.frames, sampling_rate=args.rate, crop_size=args.size)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adamw", lr=args.lr,
                       weight_decay=args.weight_decay, scheduler="cosine", warmup_epochs=1, grad_clip=5.0,
                       seed=args.seed)
     start = time.perf_counter()
-    _, result = train_teacher(manifest, ref, cfg, data)
+    stage = TeacherStage(role="cnn", model=ref, train=cfg, data=data, evaluation=EvalConfig())
+    result = build_job(stage, manifest).fit()
     train_s = time.perf_counter() - start
     for h in result.history:
         print(f"epoch {h['epoch']:2d}: train loss {h['train_loss']:.3f} top-1 {100 * h['train_top1']:.1f}%  "

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dtkd.data import (ClipDataset, ViewSpec, available_backends, build_manifest, build_store,  # noqa: E402
+from dtkd.data import (STUDENT_VIEW, ClipDataset, ViewSpec, available_backends, build_manifest, build_store,  # noqa: E402
                        read_frames)
 from dtkd.data.synthetic import generate_synthetic  # noqa: E402
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         store = build_store(manifest, work / "store", overwrite=True)
         store_s = time.perf_counter() - t0
-        views = {"student": ViewSpec(frames=8, sampling_rate=4, crop_size=args.crop),
+        views = {STUDENT_VIEW: ViewSpec(frames=8, sampling_rate=4, crop_size=args.crop),
                  "teacher": ViewSpec(frames=16, sampling_rate=2, crop_size=args.crop * 3 // 2)}
         sources = {f"decode:{b}": dict(backend=b) for b in available_backends()}
         sources["store"] = dict(store=store)

@@ -6,12 +6,13 @@ same seed, same training config, so that the rows differ only in the loss.
     python bench/methods.py --methods none kd dtkd --epochs 1
 
 Loads the config (default ``configs/default.yaml``), builds the manifest
-(``dtkd.workflows.load_manifest``; the embedded synthetic set, and its clip store when the config
+(``dtkd.data.prepare_manifest``; the embedded synthetic set, and its clip store when the config
 enables one, are generated under ``--data-root``, one directory per set of generator knobs),
-fine-tunes the two teachers ONCE (``train_teacher``; cached under ``--data-root/teachers`` so a
-re-run skips them), then for each method distils a fresh student (``distill_student``) and tests
-it (``evaluate_model``). Everything goes through ``dtkd.workflows``: nothing here trains or
-evaluates by itself. An error in one method is recorded and the others still run.
+fine-tunes the two teachers ONCE (their teacher stage; cached under ``--data-root/teachers`` so a
+re-run skips them), then for each method distils a fresh student (the distill stage with that
+method) and tests it. Every job is assembled by ``dtkd.assemble.build_job``, as in the pipeline:
+nothing here trains or evaluates by itself. An error in one method is recorded and the others
+still run.
 
 Progress (and the Trainer's tqdm bars) go to stderr. Prints a Markdown table to stdout, then as
 its LAST line one JSON object ``{method: test top-1 in %}`` (``null`` for a method that failed).
@@ -38,12 +39,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from dtkd.assemble import build_job, build_model, default_device, evaluate_model  # noqa: E402
 from dtkd.config import DTKDConfig, load_config  # noqa: E402
-from dtkd.data import prepare_store  # noqa: E402
+from dtkd.data import manifest_fingerprint, num_classes_of, prepare_manifest, prepare_store  # noqa: E402
 from dtkd.distill import DISTILLERS, DistillConfig  # noqa: E402
 from dtkd.engine import TrainConfig  # noqa: E402
-from dtkd.workflows import (build_model, default_device, evaluate_model, distill_student,  # noqa: E402
-                            load_manifest, manifest_fingerprint, num_classes_of, train_teacher)
 
 TEACHER_ROLES = ("vit", "cnn")  # distill_student's roles, in the order the tables list them
 
@@ -121,38 +121,40 @@ def bench_data_config(config: DTKDConfig, data_root: Path) -> DTKDConfig:
     return config.model_copy(update={"data": data.model_copy(update=update)})
 
 
-def get_teachers(config: DTKDConfig, manifest, train_cfg: TrainConfig, *, device, cache_dir: Path | None,
-                 eval_teachers: bool = True) -> tuple[dict, dict]:
-    """Fine-tune (or load from the cache) both teachers. Returns ({role: (model, ref)},
+def get_teachers(config: DTKDConfig, manifest, *, epochs: int | None, seed: int | None, device,
+                 cache_dir: Path | None, eval_teachers: bool = True) -> tuple[dict, dict]:
+    """Fine-tune (or load from the cache) both teachers. Returns ({role: model},
     {role: {"top1", "top5", "seconds", "cached"}})."""
     teachers, info = {}, {}
     n = num_classes_of(manifest)
     for role in TEACHER_ROLES:
         ref = config.teacher_ref(role)
         # This teacher's own overrides (e.g. the ViT's lr), with the run's epochs and seed.
-        role_cfg = with_epochs(config.teacher_train_config(role), train_cfg.epochs, train_cfg.seed)
+        role_cfg = with_epochs(config.teacher_train_config(role), epochs, seed)
         path = cache_dir / f"{role}-{ref.name}-{_teacher_key(config, role, role_cfg, manifest)}.pt" if cache_dir else None
         t0 = time.perf_counter()
         if path is not None and path.exists():
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = build_model(ref, n).model
+            model = build_model(ref, n)
             model.load_state_dict(blob["state_dict"])
             model.eval()
             meta = {"seconds": float(blob["seconds"]), "cached": True}
             log(f"teacher {role} ({ref.name}): loaded from {path}")
         else:
             log(f"teacher {role} ({ref.name}): training {role_cfg.epochs} epochs, lr {role_cfg.lr}")
-            model, _ = train_teacher(manifest, ref, role_cfg, config.data, device=device)
+            job = build_job(config.teacher_stage(role).model_copy(update={"train": role_cfg}), manifest)
+            job.fit(device=device)
+            model = job.model
             meta = {"seconds": time.perf_counter() - t0, "cached": False}
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                             "seconds": meta["seconds"]}, path)
         if eval_teachers:
-            res = evaluate_model(model, ref, manifest, config.evaluation, config.data, device=device)
+            res = evaluate_model(model, ref.view(), manifest, config.evaluation, config.data, device=device)
             meta.update(top1=res.top1, top5=res.top5, test_loss=res.loss, n=res.n)
             log(f"teacher {role}: test top-1 {100 * res.top1:.2f}%")
-        teachers[role] = (model, ref)
+        teachers[role] = model
         info[role] = {"name": ref.name, **meta}
     return teachers, info
 
@@ -166,10 +168,12 @@ def run_one(name: str, distill_data: dict, config: DTKDConfig, manifest, teacher
     try:
         distill_cfg = DistillConfig.model_validate(distill_data)
         row["config"] = {k: v for k, v in distill_cfg.model_dump().items() if v != DistillConfig().model_dump().get(k)}
-        student, result, diagnostics = distill_student(manifest, config.models.student, teachers, distill_cfg,
-                                                       train_cfg, config.data, device=device)
+        stage = config.distill_stage().model_copy(update={"distill": distill_cfg, "train": train_cfg})
+        job = build_job(stage, manifest, teachers=teachers)
+        result = job.fit(device=device)
+        diagnostics = job.diagnostics.records
         row["train_seconds"] = time.perf_counter() - t0
-        res = evaluate_model(student, config.models.student, manifest, config.evaluation, config.data, device=device)
+        res = job.evaluate(device=device)
         final = result.history[-1] if result.history else {}
         row.update(
             top1=res.top1, top5=res.top5, test_loss=res.loss, n_test=res.n, per_class=res.per_class,
@@ -203,23 +207,25 @@ def run_methods(config: DTKDConfig, *, methods: list[str] | None = None, ablatio
     if data_root is not None:
         config = bench_data_config(config, Path(data_root))
     if manifest is None:
-        manifest = load_manifest(config.data)
+        manifest = prepare_manifest(config.data)
     if "ok" in manifest.columns:  # flagged bad videos: leave them out, as the quality gate would
         manifest = manifest[manifest["ok"].astype(bool)].reset_index(drop=True)
     if data_root is not None and config.data.store.enabled:  # our own store (built or reused)
         log(f"clip store: {config.data.store.dir}")
         prepare_store(config.data, manifest)
-    distill_train = with_epochs(config.distill_training, epochs, seed)
-    teacher_train = with_epochs(config.teacher_training, teacher_epochs if teacher_epochs is not None else epochs,
-                                distill_train.seed)
+    distill_train = with_epochs(config.distill_train_config(), epochs, seed)
+    teacher_epochs = teacher_epochs if teacher_epochs is not None else epochs
     splits = manifest["split"].value_counts().to_dict()
     setup = {"num_classes": num_classes_of(manifest), "splits": {k: int(v) for k, v in splits.items()},
-             "distill_epochs": distill_train.epochs, "teacher_epochs": teacher_train.epochs, "seed": distill_train.seed,
+             "distill_epochs": distill_train.epochs,
+             "teacher_epochs": teacher_epochs if teacher_epochs is not None else config.teacher_train_config("cnn").epochs,
+             "seed": distill_train.seed,
              "device": str(device), "torch_threads": torch.get_num_threads(), "data_root": str(config.data.root)}
     log(f"setup: {setup}")
     cache_dir = Path(data_root) / "teachers" if (cache_teachers and data_root is not None) else None
     t0 = time.perf_counter()
-    teachers, teacher_info = get_teachers(config, manifest, teacher_train, device=device, cache_dir=cache_dir)
+    teachers, teacher_info = get_teachers(config, manifest, epochs=teacher_epochs, seed=distill_train.seed,
+                                          device=device, cache_dir=cache_dir)
     setup["teacher_seconds"] = time.perf_counter() - t0
     rows: list[dict] = []
     report = {"setup": setup, "config": config.model_dump(mode="json"), "teachers": teacher_info, "rows": rows}

@@ -45,12 +45,13 @@ from torch.utils.data import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtkd import models  # noqa: E402
-from dtkd.distill import DistillConfig, TeacherRef, build_distiller  # noqa: E402
-from dtkd.engine import TeacherCache, Trainer, TrainConfig  # noqa: E402
+from dtkd.data import STUDENT_VIEW  # noqa: E402
+from dtkd.distill import DistillConfig, TeacherCache, TeacherRef, build_distiller  # noqa: E402
+from dtkd.engine import Trainer, TrainConfig  # noqa: E402
 from dtkd.engine.sampling import SeededViews, derive_seed  # noqa: E402
 
 CONFIGS = ("ce", "kd_online", "dtkd_online", "dtkd_cached")
-NAMES = {"student": "x3d_s", "cnn": "x3d_m", "vit": "mvit_v2_s"}
+NAMES = {STUDENT_VIEW: "x3d_s", "cnn": "x3d_m", "vit": "mvit_v2_s"}
 NUM_CLASSES = 51  # HMDB51
 
 
@@ -67,6 +68,12 @@ class PoolClips(Dataset):
 
     def __len__(self) -> int:
         return self.n
+
+    def with_views(self, names) -> "PoolClips":
+        """The same items with only the views ``names`` (what a cached-teacher run renders)."""
+        subset = PoolClips.__new__(PoolClips)
+        subset.n, subset.size, subset.pool = self.n, self.size, {v: self.pool[v] for v in names}
+        return subset
 
     def __getitem__(self, i: int) -> dict:
         return {"inputs": {v: p[i % self.size] for v, p in self.pool.items()}, "label": i % NUM_CLASSES, "index": i}
@@ -116,7 +123,7 @@ def view_shapes(args, device: torch.device) -> dict[str, tuple[int, int]]:
         return {v: (models.get_spec(m).frames, models.get_spec(m).crop_size) for v, m in NAMES.items()}
     t = args.frames or 8
     s_crop, t_crop = args.student_crop or 64, args.teacher_crop or 96
-    return {"student": (t, s_crop), "cnn": (t, t_crop), "vit": (t, t_crop)}
+    return {STUDENT_VIEW: (t, s_crop), "cnn": (t, t_crop), "vit": (t, t_crop)}
 
 
 def build_distillers(shapes, device) -> dict[str, torch.nn.Module]:
@@ -128,9 +135,10 @@ def build_distillers(shapes, device) -> dict[str, torch.nn.Module]:
     out = {}
     for kind in CONFIGS:
         torch.manual_seed(0)
-        student = models.build(NAMES["student"], NUM_CLASSES, frames=shapes["student"][0], crop_size=shapes["student"][1])
+        student = models.build(NAMES[STUDENT_VIEW], NUM_CLASSES, frames=shapes[STUDENT_VIEW][0],
+                               crop_size=shapes[STUDENT_VIEW][1])
         method = {"ce": "none", "kd_online": "kd"}.get(kind, "dtkd")
-        out[kind] = build_distiller(DistillConfig(method=method), student, specs["student"], refs if method != "none" else [])
+        out[kind] = build_distiller(DistillConfig(method=method), student, specs[STUDENT_VIEW], refs if method != "none" else [])
     return out
 
 
@@ -187,8 +195,8 @@ def main(argv=None) -> dict:
     n = batch * (steps + 1)
     full = PoolClips(n, shapes, pool=batch)
     # Each configuration loads only the views it uses, as a real run would render only those.
-    needs = {"ce": ("student",), "kd_online": ("student", "vit"), "dtkd_online": ("student", "cnn", "vit"),
-             "dtkd_cached": ("student",)}
+    needs = {"ce": (STUDENT_VIEW,), "kd_online": (STUDENT_VIEW, "vit"), "dtkd_online": (STUDENT_VIEW, "cnn", "vit"),
+             "dtkd_cached": (STUDENT_VIEW,)}
     data = {k: PoolClips(n, {v: shapes[v] for v in views}, pool=batch) for k, views in needs.items()}
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, milestones=[], log_every=1, grad_clip=10.0,
                       amp="auto", seed=0, num_workers=0)
@@ -198,6 +206,7 @@ def main(argv=None) -> dict:
     cache = TeacherCache.build(distillers["dtkd_cached"], SeededViews(full, seed=cfg.seed), cache_dir, num_views=1,
                                batch_size=batch, device=device, amp_dtype=torch.bfloat16 if on_gpu else None)
     cache_s = time.perf_counter() - t0
+    distillers["dtkd_cached"].teacher_cache = cache  # its setup takes the teachers' outputs from here
 
     times: dict[str, list[float]] = {k: [] for k in CONFIGS}
     cpu_times: dict[str, list[float]] = {k: [] for k in CONFIGS}
@@ -209,8 +218,7 @@ def main(argv=None) -> dict:
             clock = StepClock(device)
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats(device)
-            trainer = Trainer(distillers[kind], cfg, device=device, callbacks=[clock], progress=False,
-                              teacher_cache=cache if kind == "dtkd_cached" else None)
+            trainer = Trainer(distillers[kind], cfg, device=device, callbacks=[clock], progress=False)
             trainer.fit(data[kind])
             times[kind] += clock.intervals(clock.wall)
             cpu_times[kind] += clock.intervals(clock.cpu)

@@ -8,12 +8,13 @@ load time with an error that names the key path, e.g. ``distill.tau``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dtkd.data.config import DataConfig
+from dtkd.data.views import ViewSpec
 from dtkd.distill.config import DistillConfig
 from dtkd.engine.config import TrainConfig
 
@@ -32,27 +33,38 @@ class _Strict(BaseModel):
 class ModelRef(_Strict):
     """A model chosen by registry name, with optional overrides of its standard input."""
 
-    name: str
-    frames: Optional[int] = Field(None, gt=0)
-    sampling_rate: Optional[int] = Field(None, gt=0)
-    crop_size: Optional[int] = Field(None, gt=0)
-    pretrained: Optional[str] = None  # local file or URL of weights to start from
-    overrides: dict[str, Any] = Field(default_factory=dict)  # passed to dtkd.models.build
+    name: str = Field(description="registry name (dtkd.models.list_models())")
+    frames: Optional[int] = Field(None, gt=0, description="frames per clip (null: the model's standard input)")
+    sampling_rate: Optional[int] = Field(None, gt=0, description="temporal stride in source frames (null: standard)")
+    crop_size: Optional[int] = Field(None, gt=0, description="square crop in pixels (null: standard)")
+    pretrained: Optional[str] = Field(None, description="local file or URL of weights to start from")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="passed to dtkd.models.build")
+
+    def view(self) -> ViewSpec:
+        """The clip this model sees: its registry spec's standard input, with these overrides."""
+        from dtkd import models
+
+        spec = models.get_spec(self.name, frames=self.frames, sampling_rate=self.sampling_rate, crop_size=self.crop_size)
+        return ViewSpec.from_spec(spec)
+
+    def input_spec(self) -> dict:
+        """Name and view: what a registry entry needs to rebuild this model's test loader."""
+        return {"model_name": self.name, **self.view().model_dump(mode="json")}
 
 
-class TeacherRef(ModelRef):
-    # "train": fine-tune in this run; "registry": reuse the version under `registry_alias`
-    source: Literal["train", "registry"] = "train"
+class TeacherConfig(ModelRef):
+    source: Literal["train", "registry"] = Field(
+        "train", description="train: fine-tune in this run; registry: reuse the version under `registry_alias`")
     registry_alias: str = "champion"
-    # Keys of `teacher_training` that differ for this teacher (a ViT wants a far lower lr than a
-    # CNN); validated merged with `teacher_training` (DTKDConfig.teacher_train_config).
-    training: dict[str, Any] = Field(default_factory=dict)
+    # A ViT wants a far lower lr than a CNN; validated merged (DTKDConfig.teacher_train_config).
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="keys of `training` that differ for this teacher (on top of `teacher_training`)")
 
 
 class ModelsConfig(_Strict):
     student: ModelRef
-    cnn_teacher: TeacherRef
-    vit_teacher: TeacherRef
+    cnn_teacher: TeacherConfig
+    vit_teacher: TeacherConfig
 
 
 class EvalConfig(_Strict):
@@ -70,54 +82,141 @@ class RegistryConfig(_Strict):
     auto_promote: bool = True
 
 
-class DTKDConfig(_Strict):
+# ---------------------------------------------------------------- the sections of one stage
+class TeacherStage(_Strict):
+    """Everything fine-tuning one teacher uses (``DTKDConfig.teacher_stage``)."""
+
+    kind: Literal["teacher"] = "teacher"
+    role: Literal["cnn", "vit"]
+    model: TeacherConfig
+    train: TrainConfig
     data: DataConfig
-    models: ModelsConfig
-    teacher_training: TrainConfig
-    distill_training: TrainConfig
+    evaluation: EvalConfig
+
+
+class DistillStage(_Strict):
+    """Everything distilling the student uses (``DTKDConfig.distill_stage``)."""
+
+    kind: Literal["distill"] = "distill"
+    student: ModelRef
+    teachers: dict[str, ModelRef]  # role -> the teacher's model (its view)
     distill: DistillConfig
+    train: TrainConfig
+    data: DataConfig
+    evaluation: EvalConfig
+
+
+class _Layers(ValueError):
+    """A merged training config that does not validate, with the config path of every key."""
+
+    def __init__(self, err: ValidationError, origin: dict[str, str], last: str) -> None:
+        super().__init__(str(err))
+        self.err, self.origin, self.last = err, origin, last
+
+
+def _merged_train_config(layers: list[tuple[str, Mapping[str, Any]]]) -> TrainConfig:
+    """``TrainConfig`` from layers of keys, later layers winning; on error, each bad key is named
+    by the layer that set it (e.g. ``models.vit_teacher.training.lr``)."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for path, values in layers:
+        merged.update(values)
+        origin.update({k: path for k in values})
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as err:
+        last = next((path for path, values in reversed(layers) if values), layers[0][0])
+        raise _Layers(err, origin, last) from None
+
+
+class DTKDConfig(_Strict):
+    """A dtkd run. Every section has the library's defaults (docs/configuration.md lists them),
+    so a run config states only what differs."""
+
+    data: DataConfig = DataConfig()
+    models: ModelsConfig
+    training: TrainConfig = Field(TrainConfig(), description="shared by every training stage")
+    teacher_training: dict[str, Any] = Field(default_factory=dict, description="keys of `training` that differ for teachers")
+    distill_training: dict[str, Any] = Field(default_factory=dict, description="keys of `training` that differ for distillation")
+    distill: DistillConfig = DistillConfig()
     evaluation: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
 
-    def teacher_ref(self, role: str) -> TeacherRef:
+    def teacher_ref(self, role: str) -> TeacherConfig:
         """``models.<role>_teacher`` for a teacher role (``cnn`` or ``vit``)."""
         if role not in TEACHER_ROLES:
             raise ValueError(f"unknown teacher role {role!r}; known: {', '.join(TEACHER_ROLES)}")
         return getattr(self.models, f"{role}_teacher")
 
     def teacher_train_config(self, role: str) -> TrainConfig:
-        """``teacher_training`` with the ``models.<role>_teacher.training`` overrides applied."""
-        ref = self.teacher_ref(role)
-        return TrainConfig.model_validate({**self.teacher_training.model_dump(), **ref.training})
+        """``training``, then ``teacher_training``, then ``models.<role>_teacher.training``."""
+        return _merged_train_config([("training", self.training.model_dump()), ("teacher_training", self.teacher_training),
+                                     (f"models.{role}_teacher.training", self.teacher_ref(role).training)])
+
+    def distill_train_config(self) -> TrainConfig:
+        """``training``, then ``distill_training``."""
+        return _merged_train_config([("training", self.training.model_dump()), ("distill_training", self.distill_training)])
+
+    def teacher_stage(self, role: str) -> TeacherStage:
+        return TeacherStage(role=role, model=self.teacher_ref(role), train=self.teacher_train_config(role),
+                            data=self.data, evaluation=self.evaluation)
+
+    def distill_stage(self) -> DistillStage:
+        return DistillStage(student=self.models.student,
+                            teachers={role: self._model_ref(self.teacher_ref(role)) for role in TEACHER_ROLES},
+                            distill=self.distill, train=self.distill_train_config(), data=self.data,
+                            evaluation=self.evaluation)
+
+    @staticmethod
+    def _model_ref(ref: ModelRef) -> ModelRef:
+        """The ModelRef part of a (validated) teacher config: its model and view, nothing else."""
+        return ModelRef.model_construct(**{k: getattr(ref, k) for k in ModelRef.model_fields})
+
+    def min_frames(self) -> int:
+        """Source frames the longest clip of any model covers: shorter videos cannot be used."""
+        refs = (self.models.student, *(self.teacher_ref(r) for r in TEACHER_ROLES))
+        return max(ref.view().span for ref in refs)
 
 
 def format_validation_error(err: ValidationError, *, source: str, prefix: str = "",
                             title: str = "invalid configuration") -> str:
     """``source: title`` then one line per bad key: ``  key.path: message (got value)``."""
+    return _format_errors(err, source=source, title=title, prefix_of=lambda loc: prefix)
+
+
+def _format_errors(err: ValidationError, *, source: str, title: str, prefix_of) -> str:
     lines = [f"{source}: {title}"]
     for e in err.errors():
-        key = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"]))
+        key = ".".join(str(p) for p in (*([prefix_of(e["loc"])] if prefix_of(e["loc"]) else []), *e["loc"]))
         got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
         lines.append(f"  {key}: {e['msg']}{got}")
     return "\n".join(lines)
 
 
 def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> DTKDConfig:
-    """Validate a dict into a DTKDConfig; on failure raise ConfigError naming each bad key."""
+    """Validate a dict into a DTKDConfig, the merged training config of every stage included; on
+    failure raise ConfigError naming each bad key with its full path."""
+    title = "invalid dtkd config"
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {type(data).__name__}")
     try:
         cfg = DTKDConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source=source, prefix=prefix, title="invalid dtkd config")) from None
-    for role in TEACHER_ROLES:
-        try:
+        raise ConfigError(format_validation_error(err, source=source, prefix=prefix, title=title)) from None
+    try:
+        for role in TEACHER_ROLES:
             cfg.teacher_train_config(role)
-        except ValidationError as err:
-            # Name the override (models.vit_teacher.training.lr), not a merged dict of no file.
-            key = ".".join(p for p in (prefix, "models", f"{role}_teacher", "training") if p)
-            raise ConfigError(format_validation_error(err, source=source, prefix=key, title="invalid dtkd config")) from None
-    return cfg
+        cfg.distill_train_config()
+    except _Layers as layered:
+        err, origin, last = layered.err, layered.origin, layered.last
+    else:
+        return cfg
+
+    def where(loc: tuple) -> str:  # the layer that set the key (a model-level error: the last one)
+        path = origin.get(str(loc[0]), last) if loc else last
+        return ".".join(p for p in (prefix, path) if p)
+
+    raise ConfigError(_format_errors(err, source=source, title=title, prefix_of=where))
 
 
 def read_yaml(path: str | Path, *, what: str = "file") -> Any:

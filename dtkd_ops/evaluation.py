@@ -1,10 +1,13 @@
 """Evaluators for the promotion gate: ``evaluate_fn(model, ref) -> metrics``.
 
-* :func:`test_split_evaluator` re-evaluates a model on a manifest's test split with dtkd's own
-  loader and :func:`dtkd.eval.evaluate` (top-1), and measures the budget (params, latency). Both
-  the candidate and the champion go through the same function, so they are compared on the same
-  clips. It reads the model's input view from the version's ``dtkd.input_spec`` tag (or the
-  ``dtkd.model_name`` tag -> ``dtkd.models.get_spec``).
+* :func:`evaluate_on_test_split` is the one measurement of a model on a test split: top-1/top-5
+  with dtkd's own loader (``dtkd.assemble.evaluate_model``) and the budget (params, latency, and
+  GFLOPs on request) measured as the gate config says (``dtkd.eval.complexity.inference_cost``).
+  The pipeline's evaluate step measures the candidate with it, and the gate the champion, so the
+  two are compared on the same clips and the same latency protocol.
+* :func:`test_split_evaluator` is that measurement for the ``dtkd gate``/``promote`` CLI: it reads
+  a version's input view from its ``dtkd.input_spec`` tag (or ``dtkd.model_name`` ->
+  ``dtkd.models.get_spec``).
 * :func:`recorded_metrics_evaluator` does no inference: it returns what the pipeline logged on the
   run that registered each version, with the dataset fingerprint, so the gate refuses to compare
   numbers measured on different data.
@@ -17,9 +20,11 @@ from typing import Any, Callable, Optional, Union
 
 import pandas as pd
 
-from dtkd.eval import measure_latency_ms
-from dtkd.eval.complexity import count_params
-from dtkd.workflows import manifest_fingerprint
+from dtkd.assemble import evaluate_model
+from dtkd.config import EvalConfig
+from dtkd.data import DataConfig, ViewSpec, manifest_fingerprint
+from dtkd.eval import EvalResult
+from dtkd.eval.complexity import inference_cost
 from dtkd_ops._io import read_manifest
 from dtkd_ops.gate import GateConfig
 from dtkd_ops.registry import TAG_INPUT_SPEC, ModelRegistry, ModelVersionRef
@@ -27,14 +32,20 @@ from dtkd_ops.registry import TAG_INPUT_SPEC, ModelRegistry, ModelVersionRef
 VIEW_FIELDS = ("frames", "sampling_rate", "crop_size", "mean", "std")
 
 
-def budget_metrics(model, cfg: GateConfig, input_shape=None) -> dict[str, float]:
-    """``params`` and ``latency_ms`` as the gate's budget defines them."""
-    shape = cfg.latency.input_shape or input_shape
-    if shape is None:
-        raise ValueError("latency.input_shape is null in the gate config and the model's input view is unknown")
-    return {"params": count_params(model),
-            "latency_ms": measure_latency_ms(model, shape, warmup=cfg.latency.warmup,
-                                             repeats=cfg.latency.repeats, device=cfg.latency.device)}
+def evaluate_on_test_split(model, view: ViewSpec, manifest: pd.DataFrame, gate: GateConfig, *,
+                           evaluation: Optional[EvalConfig] = None, data: Optional[DataConfig] = None,
+                           split: str = "test", flops: bool = False, device: str = "cpu") -> tuple[dict, EvalResult]:
+    """(metrics, the full EvalResult) of ``model`` on ``split``: ``top1``, ``top5``, ``loss``, ``n``,
+    ``params``, ``latency_ms`` (``gflops`` with ``flops``) and the split's ``dataset_fingerprint``."""
+    import torch
+
+    result = evaluate_model(model, view, manifest, evaluation, data, split=split, device=torch.device(device))
+    shape = gate.latency.input_shape or [1, 3, view.frames, view.crop_size, view.crop_size]
+    cost = inference_cost(model, shape, flops=flops, warmup=gate.latency.warmup, repeats=gate.latency.repeats,
+                          device=gate.latency.device)
+    metrics = {"top1": float(result.top1), "top5": float(result.top5), "loss": float(result.loss), "n": int(result.n),
+               **cost, "dataset_fingerprint": manifest_fingerprint(manifest, split)}
+    return metrics, result
 
 
 def input_spec_of(ref: ModelVersionRef) -> dict[str, Any]:
@@ -59,27 +70,19 @@ def input_spec_of(ref: ModelVersionRef) -> dict[str, Any]:
 def test_split_evaluator(manifest: Union[pd.DataFrame, str, Path], cfg: GateConfig, *, split: str = "test",
                          batch_size: int = 8, num_clips: int = 1, num_crops: int = 1, device: str = "cpu",
                          num_workers: int = 0) -> Callable[[Any, ModelVersionRef], dict]:
-    """``evaluate_fn(model, ref)`` on the ``split`` rows of ``manifest`` with dtkd's ClipDataset."""
+    """``evaluate_fn(model, ref)`` on the ``split`` rows of ``manifest`` (:func:`evaluate_on_test_split`)."""
     df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
     if not (df["split"] == split).any():
         raise ValueError(f"manifest has no '{split}' rows (splits: {sorted(df['split'].unique())})")
-    fingerprint = manifest_fingerprint(df, split)
+    evaluation = EvalConfig(num_clips=num_clips, num_crops=num_crops, batch_size=batch_size)
+    data = DataConfig(num_workers=num_workers)
 
     def evaluate_fn(model, ref: ModelVersionRef) -> dict:
-        from torch.utils.data import DataLoader
-
-        from dtkd.data import ClipDataset, ViewSpec
-        from dtkd.eval import evaluate
-
         spec = input_spec_of(ref)
-        num_classes = int(ref.tags.get("dtkd.num_classes", int(df["label_idx"].max()) + 1))
-        ds = ClipDataset(df, split, views={"student": ViewSpec(**{k: spec[k] for k in VIEW_FIELDS})},
-                         train=False, num_clips=num_clips, num_crops=num_crops)
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        result = evaluate(model, loader, num_classes=num_classes, view="student", device=device)
-        shape = [1, 3, spec["frames"], spec["crop_size"], spec["crop_size"]]
-        return {"top1": float(result.top1), "top5": float(result.top5), "n": int(result.n),
-                **budget_metrics(model, cfg, shape), "dataset_fingerprint": fingerprint}
+        view = ViewSpec(**{k: spec[k] for k in VIEW_FIELDS})
+        metrics, _ = evaluate_on_test_split(model, view, df, cfg, evaluation=evaluation, data=data, split=split,
+                                            device=device)
+        return metrics
 
     return evaluate_fn
 

@@ -203,11 +203,14 @@ def promote_if_better(
     tracking_uri: Optional[str] = None,
     registry=None,
     dry_run: bool = False,
+    candidate_metrics: Optional[Metrics] = None,
 ) -> GateDecision:
     """Evaluate the candidate (version number or alias) and the current champion with
     ``evaluate_fn`` on the same data and move ``champion`` to the candidate only if
-    :func:`evaluate_gate` says so. ``dry_run``: decide and report, move nothing (``dtkd gate``).
-    Exceptions propagate; they never move ``champion``."""
+    :func:`evaluate_gate` says so. ``candidate_metrics``: the candidate was already measured with
+    the same function (the pipeline's evaluate step): it is not loaded and measured again.
+    ``dry_run``: decide and report, move nothing (``dtkd gate``). Exceptions propagate; they never
+    move ``champion``."""
     from dtkd_ops.registry import ModelRegistry
 
     reg = registry or ModelRegistry(tracking_uri)
@@ -219,7 +222,8 @@ def promote_if_better(
                             candidate=str(cand), champion=str(champ), already_champion=True)
 
     try:
-        cand_metrics = _call_evaluate(evaluate_fn, reg.load_model(registered_name, cand.version), cand)
+        cand_metrics = (dict(candidate_metrics) if candidate_metrics is not None
+                        else _call_evaluate(evaluate_fn, reg.load_model(registered_name, cand.version), cand))
         champ_metrics = None
         if champ is not None:
             champ_metrics = _call_evaluate(evaluate_fn, reg.load_model(registered_name, champ.version), champ)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from zenml import pipeline
 
-from dtkd.config import validate_config
-from pipelines.training import STUDENT_MODEL, train_and_register
+from pipelines.training import STUDENT_MODEL, train_and_register, validated
 from steps.data_version import check_data_version
 
 
 @pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL)
 def retraining_pipeline(config: dict, force: bool = False) -> None:
-    cfg = validate_config(config, source="pipeline parameter", prefix="config")
+    cfg = validated(config)
     decision = check_data_version(registered_name=cfg.registry.student_name, force=force)
     if decision.load()["retrain"]:
-        train_and_register(config)
+        train_and_register(cfg)

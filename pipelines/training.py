@@ -2,8 +2,9 @@
 
 Run it with ``zenml pipeline run pipelines.training.training_pipeline -c configs/default.yaml``
 (``make run``). The whole dtkd config arrives as the ``config`` parameter and is validated before
-any step runs; each step receives only its own sections, so ZenML's cache is reused by every step
-whose inputs did not change (e.g. the data steps when only distillation settings change).
+any step runs; each step receives only the typed sections it uses (``DTKDConfig.teacher_stage``,
+``distill_stage``, ...), so ZenML's cache is reused by every step whose inputs did not change (e.g.
+the data steps and the teachers when only distillation settings change).
 The run's artifacts link to a version of the ZenML Model ``dtkd-student`` (Model Control Plane;
 override with a ``model:`` key in the run config).
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 from zenml import Model, pipeline
 
-from dtkd.config import DTKDConfig, validate_config
-from dtkd.workflows import clip_span
+from dtkd.config import ConfigError, DTKDConfig, validate_config
+from dtkd_ops.gate import load_gate_config
 from steps.distill import distill_student
 from steps.evaluate import evaluate_student
 from steps.ingest import ingest_data
@@ -28,39 +29,31 @@ STUDENT_MODEL = Model(
 )
 
 
-def teacher_train(cfg: DTKDConfig, role: str) -> dict:
-    """The training section of one teacher: teacher_training + that teacher's overrides."""
-    return cfg.teacher_train_config(role).model_dump(mode="json")
+def validated(config: dict) -> DTKDConfig:
+    """The pipeline parameter ``config`` as a DTKDConfig, validated once, here: when ZenML
+    compiles the pipeline, before any step runs (so is the gate config, in train_and_register)."""
+    return validate_config(config, source="pipeline parameter", prefix="config")
 
 
-def train_and_register(config: dict) -> None:
-    """The DAG both pipelines share: validated config -> steps."""
-    cfg = validate_config(config, source="pipeline parameter", prefix="config")
-    sections = cfg.model_dump(mode="json")
-    data = sections["data"]
-    models = sections["models"]
-    min_frames = max(clip_span(ref) for ref in (cfg.models.student, cfg.models.cnn_teacher, cfg.models.vit_teacher))
+def train_and_register(cfg: DTKDConfig) -> None:
+    """The DAG both pipelines share: each step gets the typed sections it uses, and only those."""
+    try:
+        gate = load_gate_config(cfg.registry.gate_config)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"config.registry.gate_config: {err}") from None
+    distill = cfg.distill_stage()
 
-    manifest = ingest_data(data=data)
-    clean_manifest, _ = validate_data(manifest=manifest, data=data, min_frames=min_frames)
-    teacher_args = dict(manifest=clean_manifest, data=data, registry=sections["registry"], evaluation=sections["evaluation"])
-    cnn_teacher = train_cnn_teacher(model=models["cnn_teacher"], train=teacher_train(cfg, "cnn"), **teacher_args)
-    vit_teacher = train_vit_teacher(model=models["vit_teacher"], train=teacher_train(cfg, "vit"), **teacher_args)
-    student, _ = distill_student(
-        manifest=clean_manifest,
-        cnn_teacher=cnn_teacher,
-        vit_teacher=vit_teacher,
-        models=models,
-        distill=sections["distill"],
-        train=sections["distill_training"],
-        data=data,
-    )
-    test_metrics = evaluate_student(
-        student=student, manifest=clean_manifest, model=models["student"], evaluation=sections["evaluation"], data=data
-    )
-    register_student(student=student, test_metrics=test_metrics, manifest=clean_manifest, config=sections)
+    manifest = ingest_data(data=cfg.data)
+    clean_manifest, _ = validate_data(manifest=manifest, data=cfg.data, min_frames=cfg.min_frames())
+    cnn_teacher = train_cnn_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("cnn"), registry=cfg.registry)
+    vit_teacher = train_vit_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("vit"), registry=cfg.registry)
+    student, _ = distill_student(manifest=clean_manifest, cnn_teacher=cnn_teacher, vit_teacher=vit_teacher, stage=distill)
+    tested = dict(model=cfg.models.student, evaluation=cfg.evaluation, data=cfg.data, gate=gate)
+    test_metrics = evaluate_student(student=student, manifest=clean_manifest, **tested)
+    register_student(student=student, test_metrics=test_metrics, manifest=clean_manifest, method=cfg.distill.method,
+                     registry=cfg.registry, **tested)
 
 
 @pipeline(enable_cache=True, model=STUDENT_MODEL)
 def training_pipeline(config: dict) -> None:
-    train_and_register(config)
+    train_and_register(validated(config))

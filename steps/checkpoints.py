@@ -7,7 +7,7 @@ import json
 import torch
 from torch import nn
 
-from pipelines.stack import dtkd_home
+from dtkd_ops.home import dtkd_home
 
 
 def state_fingerprint(module: nn.Module) -> str:
@@ -20,8 +20,8 @@ def state_fingerprint(module: nn.Module) -> str:
 
 
 def checkpoint_dir(step_name: str, *inputs) -> str:
-    """A directory keyed by the step and everything that determines its training (config sections,
-    manifest fingerprint): a re-run with the same inputs resumes where the last attempt stopped,
-    mid-epoch included; different inputs never pick up a foreign checkpoint."""
+    """A directory keyed by the step and everything that determines its training (its stage's
+    config, manifest fingerprint): a re-run with the same inputs resumes where the last attempt
+    stopped, mid-epoch included; different inputs never pick up a foreign checkpoint."""
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return str(dtkd_home() / "checkpoints" / step_name / key)

@@ -9,7 +9,7 @@ from zenml import log_metadata, step
 
 from dtkd_ops.data_version import data_version
 from dtkd_ops.registry import ModelRegistry
-from pipelines.stack import REPO_ROOT, tracking_uri
+from dtkd_ops.home import REPO_ROOT, tracking_uri
 
 
 def data_repo() -> Path:

@@ -8,46 +8,31 @@ import pandas as pd
 from torch import nn
 from zenml import log_metadata, step
 
-from dtkd import workflows
-from dtkd.config import ModelsConfig
-from dtkd.data.config import DataConfig
-from dtkd.distill import DistillConfig
-from dtkd.engine import TrainConfig
+from dtkd.assemble import build_job
+from dtkd.config import DistillStage
+from dtkd.data import manifest_fingerprint
 from steps.checkpoints import checkpoint_dir, state_fingerprint
-from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
+from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat, numeric_leaves
 
 
 @step(**TRACKED)
 def distill_student(
-    manifest: pd.DataFrame,
-    cnn_teacher: nn.Module,
-    vit_teacher: nn.Module,
-    models: dict,
-    distill: dict,
-    train: dict,
-    data: dict,
+    manifest: pd.DataFrame, cnn_teacher: nn.Module, vit_teacher: nn.Module, stage: DistillStage
 ) -> tuple[Annotated[nn.Module, "student"], Annotated[list, "distill_diagnostics"]]:
-    refs = ModelsConfig.model_validate(models)
-    distill_cfg = DistillConfig.model_validate(distill)
-    train_cfg = TrainConfig.model_validate(train)
-    log_params_flat({"distill": distill, "train": train, "student": models["student"]}, prefix="student.")
-    student, result, diagnostics = workflows.distill_student(
-        manifest,
-        refs.student,
-        {"cnn": (cnn_teacher, refs.cnn_teacher), "vit": (vit_teacher, refs.vit_teacher)},
-        distill_cfg,
-        train_cfg,
-        DataConfig.model_validate(data),
+    stage_json = stage.model_dump(mode="json")
+    log_params_flat({k: stage_json[k] for k in ("distill", "train", "student")}, prefix="student.")
+    job = build_job(stage, manifest, teachers={"cnn": cnn_teacher, "vit": vit_teacher})
+    result = job.fit(
         callbacks=[MlflowEpochLogger(prefix="student/")],
-        checkpoint_dir=checkpoint_dir(
-            "student", models, distill, train, data, workflows.manifest_fingerprint(manifest),
-            state_fingerprint(cnn_teacher), state_fingerprint(vit_teacher),
-        ),
+        checkpoint_dir=checkpoint_dir("student", stage_json, manifest_fingerprint(manifest),
+                                      state_fingerprint(cnn_teacher), state_fingerprint(vit_teacher)),
     )
+    diagnostics = job.diagnostics.records
     for entry in diagnostics:
-        scalars = {f"datw/{k}": float(v) for k, v in workflows.flat_scalars(entry).items() if k != "epoch"}
+        scalars = numeric_leaves({k: v for k, v in entry.items() if k != "epoch"}, prefix="datw/")
         if scalars:
             mlflow.log_metrics(scalars, step=int(entry["epoch"]))
     mlflow.log_dict({"diagnostics": diagnostics}, "distill_diagnostics.json")
-    log_metadata(metadata={"method": distill_cfg.method, "epochs": train_cfg.epochs, "nonfinite_skipped": result.nonfinite_skipped})
-    return student, diagnostics
+    log_metadata(metadata={"method": stage.distill.method, "epochs": stage.train.epochs,
+                           "nonfinite_skipped": result.nonfinite_skipped})
+    return job.model, diagnostics

@@ -1,4 +1,5 @@
-"""Evaluate the student on the test split: top-1/top-5, params, FLOPs, CPU latency, confusion matrix."""
+"""Evaluate the student on the test split: top-1/top-5, params, FLOPs, latency (the gate's protocol),
+confusion matrix. The promotion gate takes these as the candidate's figures."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -8,23 +9,25 @@ import pandas as pd
 from torch import nn
 from zenml import log_metadata, step
 
-from dtkd import workflows
 from dtkd.config import EvalConfig, ModelRef
-from dtkd.data import class_names
-from dtkd.data.config import DataConfig
+from dtkd.data import DataConfig, class_names, num_classes_of
+from dtkd_ops.evaluation import evaluate_on_test_split
+from dtkd_ops.gate import GateConfig
 from steps.tracking import TRACKED, log_confusion_matrix
 
 
 @step(**TRACKED)
 def evaluate_student(
-    student: nn.Module, manifest: pd.DataFrame, model: dict, evaluation: dict, data: dict
+    student: nn.Module, manifest: pd.DataFrame, model: ModelRef, evaluation: EvalConfig, data: DataConfig,
+    gate: GateConfig,
 ) -> Annotated[dict, "test_metrics"]:
-    ref = ModelRef.model_validate(model)
-    result = workflows.evaluate_model(student, ref, manifest, EvalConfig.model_validate(evaluation), DataConfig.model_validate(data))
-    metrics = {"top1": result.top1, "top5": result.top5, "loss": result.loss, "n_test": result.n}
-    metrics.update(workflows.cost_metrics(student, ref))
-    metrics["chance"] = 1.0 / workflows.num_classes_of(manifest)
-    mlflow.log_metrics({f"test/{k}": float(v) for k, v in metrics.items()})
+    metrics, result = evaluate_on_test_split(student, model.view(), manifest, gate, evaluation=evaluation, data=data,
+                                             flops=True)
+    metrics["chance"] = 1.0 / num_classes_of(manifest)
+    numbers = {k: float(v) for k, v in metrics.items() if k != "dataset_fingerprint"}
+    mlflow.log_metrics({f"test/{k}": v for k, v in numbers.items()})
     log_confusion_matrix(result.confusion, class_names(manifest))
-    log_metadata(metadata={k: float(v) for k, v in metrics.items()})
+    log_metadata(metadata=numbers)
+    print(f"student ({model.name}): test top-1 {metrics['top1']:.4f} "
+          f"(top-5 {metrics['top5']:.4f}, {metrics['n']} clips), {metrics['latency_ms']:.1f} ms/clip")
     return metrics

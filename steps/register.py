@@ -9,53 +9,47 @@ from torch import nn
 from zenml import get_step_context, log_metadata, step
 from zenml.enums import ModelStages
 
-from dtkd import workflows
-from dtkd.config import validate_config
+from dtkd.config import EvalConfig, ModelRef, RegistryConfig
+from dtkd.data import DataConfig, manifest_fingerprint
 from dtkd_ops import gate as promotion
 from dtkd_ops import registry as mlflow_registry
-from dtkd_ops.evaluation import budget_metrics
+from dtkd_ops.evaluation import evaluate_on_test_split
 from steps.data_version import current_data_tags
-from steps.tracking import TRACKED
+from steps.tracking import TRACKED, numeric_leaves
 
 
 @step(**TRACKED)
 def register_student(
-    student: nn.Module, test_metrics: dict, manifest: pd.DataFrame, config: dict
+    student: nn.Module, test_metrics: dict, manifest: pd.DataFrame, model: ModelRef, method: str,
+    evaluation: EvalConfig, data: DataConfig, registry: RegistryConfig, gate: promotion.GateConfig,
 ) -> Annotated[dict, "promotion_decision"]:
-    cfg = validate_config(config)
-    name = cfg.registry.student_name
+    name = registry.student_name
     candidate = mlflow_registry.register_candidate(
         student,
         registered_name=name,
         metrics=test_metrics,
-        params={"student": cfg.models.student.name, "method": cfg.distill.method},
+        params={"student": model.name, "method": method},
         tags={"dtkd.role": "student", **current_data_tags()},
-        dataset_fingerprint=workflows.manifest_fingerprint(manifest),
-        input_spec=workflows.input_spec(cfg.models.student),
+        dataset_fingerprint=manifest_fingerprint(manifest),
+        input_spec=model.input_spec(),
     )
 
-    gate_cfg = promotion.load_gate_config(cfg.registry.gate_config)
-    view = workflows.view_for(cfg.models.student)
-    view_shape = (1, 3, view.frames, view.crop_size, view.crop_size)
-
-    # Candidate and champion go through this same function: same clips, same budget measurement.
-    def evaluate_on_this_split(model: nn.Module) -> dict:
-        result = workflows.evaluate_model(model, cfg.models.student, manifest, cfg.evaluation, cfg.data)
-        return {
-            "top1": result.top1,
-            "dataset_fingerprint": workflows.manifest_fingerprint(manifest, "test"),
-            **budget_metrics(model, gate_cfg, view_shape),
-        }
+    # The champion is measured as evaluate_student measured the candidate: same clips, same budget.
+    def measure_champion(champion: nn.Module) -> dict:
+        metrics, _ = evaluate_on_test_split(champion, model.view(), manifest, gate, evaluation=evaluation, data=data)
+        return metrics
 
     decision = promotion.promote_if_better(
         name,
         candidate.version,
-        evaluate_on_this_split,
-        gate_cfg,
-        dry_run=not cfg.registry.auto_promote,
+        measure_champion,
+        gate,
+        dry_run=not registry.auto_promote,
+        candidate_metrics=test_metrics,
     )
-    promoted = decision.promote and cfg.registry.auto_promote
+    promoted = decision.promote and registry.auto_promote
     log_metadata(metadata={"version": candidate.version, "promoted": promoted, "report": decision.report})
+    print(decision.report)
     _mirror_in_model_control_plane(candidate, promoted, test_metrics, decision)
     return {
         "registered_model": name,
@@ -76,7 +70,7 @@ def _mirror_in_model_control_plane(candidate, promoted: bool, test_metrics: dict
     model.log_metadata(
         {
             "mlflow": {"registered_model": candidate.name, "version": int(candidate.version), "uri": candidate.uri},
-            "test_metrics": {k: float(v) for k, v in test_metrics.items()},
+            "test_metrics": numeric_leaves(test_metrics),
             "gate": {"passed": decision.promote, "reasons": list(decision.reasons)},
         }
     )

@@ -7,28 +7,34 @@ import mlflow
 
 from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import MLFlowExperimentTrackerSettings
 
-from pipelines.stack import EXPERIMENT_NAME, TRACKER_NAME
+from dtkd_ops.home import EXPERIMENT_NAME, TRACKER_NAME
 
-__all__ = ["TRACKED", "MlflowEpochLogger", "log_params_flat", "log_confusion_matrix", "flatten"]
+__all__ = ["TRACKED", "MlflowEpochLogger", "log_params_flat", "log_confusion_matrix", "flatten", "numeric_leaves"]
 
 # Step options for every step that logs to MLflow: the stack's tracker, and the experiment that
-# `pipelines.stack` created with an absolute artifact location.
+# `pipelines.stack` created (dtkd_ops.home.ensure_mlflow_experiment) with an absolute artifact location.
 TRACKED = dict(
     experiment_tracker=TRACKER_NAME,
     settings={"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=EXPERIMENT_NAME)},
 )
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become strings (MLflow params are scalars)."""
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and other objects become strings (MLflow params are scalars)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}{sep}", sep))
         else:
             flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
     return flat
+
+
+def numeric_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested dict as MLflow metrics: {"a": {"b": 1}} -> {"a/b": 1.0}."""
+    return {k: float(v) for k, v in flatten(tree, prefix, "/").items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def log_params_flat(tree: Mapping[str, Any], prefix: str = "") -> None:

@@ -10,18 +10,16 @@ import pandas as pd
 from zenml import log_metadata, step
 from zenml.types import HTMLString
 
-from dtkd.data import prepare_store
-from dtkd.data.config import DataConfig
+from dtkd.data import DataConfig, prepare_store
 from dtkd_ops.quality import rules_for, run_quality_gate
 from steps.tracking import TRACKED
 
 
 @step(**TRACKED)
 def validate_data(
-    manifest: pd.DataFrame, data: dict, min_frames: int
+    manifest: pd.DataFrame, data: DataConfig, min_frames: int
 ) -> tuple[Annotated[pd.DataFrame, "clean_manifest"], Annotated[HTMLString, "data_docs"]]:
-    cfg = DataConfig.model_validate(data)
-    rules = rules_for(cfg, manifest, min_frames=min_frames)
+    rules = rules_for(data, manifest, min_frames=min_frames)
     with tempfile.TemporaryDirectory() as tmp:
         report = run_quality_gate(manifest, rules, docs_dir=Path(tmp) / "data_docs")
         mlflow.log_artifacts(str(report.docs_path), artifact_path="data_docs")
@@ -32,7 +30,7 @@ def validate_data(
     log_metadata(metadata={"success": report.success, "quarantined": len(report.quarantined), "summary": report.summary()})
     report.raise_for_failure()  # the run stops here, with the readable report, when the data is bad
     # The pre-decoded clip store of the clean videos (reused when `dvc repro` already built it).
-    store = prepare_store(cfg, report.clean_manifest)
+    store = prepare_store(data, report.clean_manifest)
     if store is not None:
         log_metadata(metadata={"clip_store": str(store.root), "clip_store_fingerprint": store.fingerprint})
     return report.clean_manifest, html

@@ -51,7 +51,7 @@ def test_distill_job_depends_on_the_config_seed_only(synthetic_manifest):
 def test_distill_job_renders_every_view_and_validates_on_the_student_view(synthetic_manifest):
     teacher = build_model(REF, num_classes_of(synthetic_manifest)).eval()
     job = build_job(_distill_stage(), synthetic_manifest, teachers={"cnn": teacher})
-    assert set(job.train.dataset.views) == {STUDENT_VIEW, "cnn"}
+    assert set(job.train.views) == {STUDENT_VIEW, "cnn"}
     assert set(job.val.dataset.views) == set(job.test.dataset.views) == {STUDENT_VIEW}
     with pytest.raises(ValueError, match=r"needs trained teachers for \['cnn'\]"):
         build_job(_distill_stage(), synthetic_manifest)
@@ -76,7 +76,7 @@ def test_cached_teachers_train_on_the_student_view_alone(synthetic_manifest, mon
     teacher = build_model(REF, num_classes_of(synthetic_manifest)).eval()
     job = build_job(_distill_stage(teacher_cache_views=2), synthetic_manifest, teachers={"cnn": teacher})
     job.fit(device=torch.device("cpu"))
-    n = len(job.train.dataset)
+    n = len(job.train)
     # The cache: every clip x 2 views with both views (+1 item probing the output shapes);
     # then every training step: the student's view only.
     cache_items = [r for r in rendered if r == ("cnn", STUDENT_VIEW)]

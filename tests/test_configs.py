@@ -37,7 +37,11 @@ def _default_dict() -> dict:
         (("distill", "methd"), "kd", "distill.methd: Extra inputs are not permitted"),
         (("distill", "method"), "fitnet", "distill.method: Value error, unknown distillation method 'fitnet'"),
         (("models", "student", "frames"), 0, "models.student.frames: Input should be greater than 0"),
+        (("training", "optimizer"), "lamb", "training.optimizer: Input should be 'sgd' or 'adamw'"),
+        # A stage's training keys are validated merged with `training`, named where they are.
         (("teacher_training", "optimizer"), "lamb", "teacher_training.optimizer: Input should be 'sgd' or 'adamw'"),
+        (("distill_training", "teacher_cache_views"), 4, "distill_training.teacher_cache_views: Extra inputs are not permitted"),
+        (("distill_training", "warmup_epochs"), 20, "distill_training: Value error, warmup_epochs (20.0) must be < epochs (12)"),
         (("data", "dataset"), "kinetic", "data.dataset: Value error, unknown dataset 'kinetic'"),
         # Per-teacher overrides are validated merged with teacher_training, named where they are.
         (("models", "vit_teacher", "training"), {"lr": -1}, "models.vit_teacher.training.lr: Input should be greater than 0"),
@@ -48,7 +52,7 @@ def test_bad_value_fails_naming_the_key(tmp_path, path, value, message):
     cfg = _default_dict()
     node = cfg
     for key in path[:-1]:
-        node = node[key]
+        node = node.setdefault(key, {})
     node[path[-1]] = value
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"parameters": {"config": cfg}}))
@@ -75,14 +79,61 @@ def test_missing_section_and_bad_files_are_named(tmp_path):
 
 def test_teacher_overrides_apply_to_that_teacher_only():
     cfg = _default_dict()
-    cfg["teacher_training"]["lr"] = 0.01
+    cfg["training"]["lr"] = 0.01
     cfg["models"]["vit_teacher"]["training"] = {"lr": 2e-4, "epochs": 3}
     cfg["models"]["cnn_teacher"].pop("training", None)
     parsed = validate_config(cfg)
     vit, cnn = parsed.teacher_train_config("vit"), parsed.teacher_train_config("cnn")
     assert (vit.lr, vit.epochs) == (2e-4, 3)
-    assert cnn == parsed.teacher_training and cnn.lr == 0.01
-    # Every other key is the shared section's.
+    assert cnn == parsed.training and cnn.lr == 0.01
+    # Every other key is the shared section's; distillation has its own keys on top of it.
+    assert parsed.distill_train_config().model_dump(exclude={"epochs"}) == parsed.training.model_dump(exclude={"epochs"})
     assert vit.model_dump(exclude={"lr", "epochs"}) == cnn.model_dump(exclude={"lr", "epochs"})
     with pytest.raises(ValueError, match="unknown teacher role 'student'; known: cnn, vit"):
         parsed.teacher_ref("student")
+
+
+def test_the_configuration_reference_is_current():
+    from dtkd.config_reference import render
+
+    assert (REPO / "docs" / "configuration.md").read_text() == render(), (
+        "docs/configuration.md is stale: python -m dtkd.config_reference > docs/configuration.md")
+
+
+def _restated_defaults(raw: dict, model, path: str = "") -> list[str]:
+    """Keys of ``raw`` whose value is the library default of ``model`` at that place."""
+    import json
+
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for key, value in raw.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue  # a typo: the validation tests cover it
+        annotation = field.annotation
+        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += _restated_defaults(value, annotation, f"{path}{key}.")
+            continue
+        if field.default is PydanticUndefined:
+            continue
+        default = field.default.model_dump(mode="json") if isinstance(field.default, BaseModel) else field.default
+        if json.loads(json.dumps(default, default=str)) == value:
+            out.append(f"{path}{key}")
+    return out
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS + ["ci-overlay.yaml"])
+def test_shipped_run_configs_list_only_what_differs_from_the_defaults(name):
+    from dtkd.config import DTKDConfig
+
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())["parameters"]["config"]
+    assert _restated_defaults(raw, DTKDConfig) == []
+
+
+def test_the_defaults_check_sees_a_restated_default():
+    from dtkd.config import DTKDConfig
+
+    raw = {"distill": {"tau": 4.0, "alpha": 2.0}, "data": {"synthetic": {"size": 64}}, "training": {"lr": 0.01}}
+    assert _restated_defaults(raw, DTKDConfig) == ["distill.tau", "data.synthetic.size", "training.lr"]

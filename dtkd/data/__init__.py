@@ -4,15 +4,15 @@ from dtkd.data.config import DataConfig
 from dtkd.data.dataset import ClipDataset
 from dtkd.data.errors import AnnotationError, VideoDecodeError
 from dtkd.data.formats import DATASETS
-from dtkd.data.manifest import MANIFEST_COLUMNS, build_manifest, class_names
+from dtkd.data.manifest import MANIFEST_COLUMNS, build_manifest, class_names, manifest_fingerprint, num_classes_of
 from dtkd.data.store import ClipStore, build_store
 from dtkd.data.video import available_backends, probe_video, read_frames, write_video
-from dtkd.data.views import ViewSpec
+from dtkd.data.views import STUDENT_VIEW, ViewSpec
 
 __all__ = [
     "AnnotationError", "ClipDataset", "ClipStore", "DATASETS", "DataConfig", "MANIFEST_COLUMNS",
-    "VideoDecodeError", "ViewSpec", "available_backends", "build_manifest", "build_store",
-    "class_names", "generate_synthetic", "prepare_manifest", "prepare_store", "probe_video",
+    "STUDENT_VIEW", "VideoDecodeError", "ViewSpec", "available_backends", "build_manifest", "build_store",
+    "class_names", "generate_synthetic", "manifest_fingerprint", "num_classes_of", "prepare_manifest", "prepare_store", "probe_video",
     "read_frames", "write_video",
 ]
 

@@ -27,7 +27,7 @@ class SyntheticConfig(_Strict):
     size: int = Field(64, ge=8)
     fps: int = Field(8, ge=1)
     seed: int = 0
-    difficulty: Literal["easy", "default", "hard"] = "default"  # nuisance preset
+    difficulty: Literal["easy", "default", "hard"] = Field("default", description="nuisance preset")
 
     @field_validator("size")
     @classmethod
@@ -54,7 +54,7 @@ class StoreConfig(_Strict):
 class DataConfig(_Strict):
     dataset: str = "synthetic"
     root: Path = Path("data/synthetic")
-    split: int = Field(1, ge=1, le=3)  # official fold (hmdb51/ucf101: 1-3; others: 1)
+    split: int = Field(1, ge=1, le=3, description="official fold (hmdb51/ucf101: 1-3; others: 1)")
     synthetic: SyntheticConfig = SyntheticConfig()
     store: StoreConfig = StoreConfig()
     num_workers: int = Field(0, ge=0)

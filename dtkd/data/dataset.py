@@ -1,8 +1,9 @@
 """ClipDataset: manifest rows -> normalised multi-view clips for training and testing."""
 from __future__ import annotations
 
+import copy
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,7 @@ class ClipDataset(Dataset):
     DataLoader reseeds in every worker.
 
     ``store`` (a ClipStore or its directory) serves pre-decoded frames instead of decoding.
+    ``with_views(names)`` renders (and decodes) only some views, from the same windows and boxes.
     """
 
     def __init__(
@@ -89,7 +91,9 @@ class ClipDataset(Dataset):
         # Process-local on purpose: dtkd.engine's SeededViews sets a per-item key inside each
         # worker, which a key shared between workers would race on.
         self._epoch: int | None = None
+        # The window covers every view, rendered or not: a subset sees the same content.
         self.span = max(v.span for v in self.views.values())
+        self._rendered = tuple(self.views)
         self._ids = rows["video_id"].astype(str).tolist()
         self._paths = rows["path"].astype(str).tolist()
         self._labels = rows["label_idx"].astype(int).tolist()
@@ -103,6 +107,23 @@ class ClipDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def with_views(self, names: Iterable[str]) -> "ClipDataset":
+        """The same clips rendering only ``names``: the random window, crop box and flip are drawn
+        exactly as with every view, so each rendered view is identical to the full dataset's,
+        but the frames only the other views need are never decoded (e.g. the teachers' views
+        when their outputs come from a cache)."""
+        names = tuple(names)
+        unknown = [n for n in names if n not in self.views]
+        if unknown or not names:
+            raise ValueError(f"with_views({list(names)}): views must be a non-empty subset of {list(self.views)}")
+        subset = copy.copy(self)
+        subset._rendered = names
+        return subset
+
+    @property
+    def rendered_views(self) -> tuple[str, ...]:
+        return self._rendered
 
     def set_epoch(self, epoch: int) -> None:
         """Key of the train randomness in THIS process. DataLoader workers get a copy when an
@@ -146,7 +167,7 @@ class ClipDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips in split {self.split!r}")
         n = self._num_frames(index)
-        names = list(self.views)
+        names = list(self._rendered)
         if self.train:
             rng = self._rng(index)
             window = random_window(n, self.span, rng)

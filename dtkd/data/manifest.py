@@ -85,6 +85,20 @@ def build_manifest(
     return df.drop(columns="_order").reset_index(drop=True)
 
 
+def manifest_fingerprint(manifest: pd.DataFrame, split: str | None = None) -> str:
+    """Names the data a model saw or was tested on, independently of where the files lie:
+    sha256 over the sorted (video_id, label, split) rows (of one split)."""
+    import hashlib
+
+    df = manifest if split is None else manifest[manifest["split"] == split]
+    rows = sorted(f"{v}\t{lab}\t{s}" for v, lab, s in zip(df["video_id"], df["label"], df["split"]))
+    return "manifest:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+
+def num_classes_of(manifest: pd.DataFrame) -> int:
+    return int(manifest["label_idx"].max()) + 1
+
+
 def class_names(manifest: pd.DataFrame) -> list[str]:
     """Class names in label_idx order (only those present in the manifest)."""
     pairs = manifest[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")

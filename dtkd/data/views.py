@@ -5,6 +5,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The name of the student's view in every batch (``batch["inputs"][STUDENT_VIEW]``); each teacher's
+# view is named after its role. The one spelling of it in the code base.
+STUDENT_VIEW = "student"
+
 
 class ViewSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

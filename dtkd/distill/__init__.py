@@ -5,12 +5,14 @@ Core library: imports torch and pydantic only (never zenml, mlflow or dvc).
 from . import losses
 from .config import DistillConfig
 from .diagnostics import DATWStats
-from .distiller import DISTILLERS, DistillOutput, Distiller, TeacherRef, build_distiller
+from .distiller import DistillOutput, Distiller, TeacherRef, build_distiller
 from .features import align_to_grid, global_pool
 from .methods import AT, DKD, DTKD, KD, MGD, RKD, PlainTraining
 from .projection import ClosedFormPhi, FeatureMoments
+from .registry import DISTILLERS
 from .sdb import SDB_VARIANTS, NonLocal3d, SqueezeExcite3d, StructureDiscrepancyBranch
 from .sdd import StructureDiscrepancyDistillation
+from .teacher_cache import TeacherCache
 
 __all__ = [
     "AT",
@@ -32,6 +34,7 @@ __all__ = [
     "SqueezeExcite3d",
     "StructureDiscrepancyBranch",
     "StructureDiscrepancyDistillation",
+    "TeacherCache",
     "TeacherRef",
     "align_to_grid",
     "build_distiller",

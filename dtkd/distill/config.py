@@ -5,6 +5,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .registry import DISTILLERS
+
 
 class DistillConfig(BaseModel):
     """Which method to run and its hyper-parameters.
@@ -45,6 +47,11 @@ class DistillConfig(BaseModel):
     prepare_views: int = Field(
         2, ge=1, description="augmented views of every training clip phi is fitted on (capped by the teacher cache's views)"
     )
+    # Execution of distillation (not of teacher fine-tuning, hence here and not in TrainConfig).
+    teacher_cache_views: int = Field(
+        0, ge=0, description="> 0: the teachers run once on this many augmented views of every clip and only the "
+        "student trains (dtkd.distill.teacher_cache); 0: teachers run online every step"
+    )
     sd_standardize: bool = Field(
         True, description="divide f_res by its training-set RMS (fixed when phi is fitted): L_SD ~ 1 for a zero prediction"
     )
@@ -66,8 +73,6 @@ class DistillConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from .distiller import DISTILLERS  # late: the registry imports this module
-
         if v not in DISTILLERS:
             raise ValueError(f"unknown distillation method {v!r}; known: {', '.join(DISTILLERS.names())}")
         return v

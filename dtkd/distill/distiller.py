@@ -1,27 +1,36 @@
-"""The ``Distiller`` base class, its registry, and ``build_distiller``.
+"""The ``Distiller`` base class and ``build_distiller``.
 
 A Distiller wraps the plain student, the frozen teachers and the training-only parts of
-one method (SDB, generator, ...). ``forward`` returns the total loss (CE included) and the
-named terms; ``distiller.student`` stays a plain student that can be saved and exported.
+one method (SDB, generator, ...). It is the engine's ``TrainingModule``: ``forward`` returns the
+total loss (CE included) and the named terms, and ``setup`` prepares what the method needs before
+the first step (the teacher cache, the closed-form phi fit). ``distiller.student`` stays a plain
+student that can be saved and exported.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from dtkd.registry import Registry
+from dtkd.data.views import STUDENT_VIEW
+from dtkd.engine import distributed as D
+from dtkd.engine.contract import RunContext, StepOutput, TrainingModule, TrainPlan
+from dtkd.engine.sampling import SeededViews, ViewKey
 
 from .config import DistillConfig
 from .features import TapFactory, default_tap_factory
+from .registry import DISTILLERS
+from .teacher_cache import TeacherCache, cached_plan
 
-DISTILLERS: Registry = Registry("distiller")
+log = logging.getLogger(__name__)
 
 TeacherOutputs = dict[str, dict[str, Tensor]]
-_RESERVED_VIEWS = ("student",)
+DistillOutput = StepOutput  # what forward returns: logits, named losses, total loss
 
 
 @dataclass
@@ -36,15 +45,8 @@ class TeacherRef:
     def __post_init__(self) -> None:
         if self.role not in ("vit", "cnn"):
             raise ValueError(f"teacher {self.name!r}: role must be 'vit' or 'cnn', got {self.role!r}")
-        if not self.name or "." in self.name or self.name in _RESERVED_VIEWS:
-            raise ValueError(f"invalid teacher name {self.name!r} (non-empty, no '.', not 'student')")
-
-
-@dataclass
-class DistillOutput:
-    logits: Tensor  # student logits (B, N), with graph
-    losses: dict[str, Tensor]  # named terms, unweighted and detached, for logging
-    loss: Tensor  # total to back-propagate: CE + sum of weighted terms
+        if not self.name or "." in self.name or self.name == STUDENT_VIEW:
+            raise ValueError(f"invalid teacher name {self.name!r} (non-empty, no '.', not {STUDENT_VIEW!r})")
 
 
 def feature_channels(spec: Any, who: str) -> int:
@@ -66,12 +68,13 @@ def unpack_batch(batch: Any) -> tuple[Mapping[str, Tensor], Optional[Mapping[str
     raise TypeError(f"cannot read views from a batch of type {type(batch).__name__}")
 
 
-class Distiller(nn.Module):
+class Distiller(TrainingModule):
     """Base class: CE on the student plus the weighted terms of ``distill_terms``.
 
     Subclasses set ``active_teachers`` (names whose outputs they need), ``feature_teachers``
     (the subset whose feature maps they need), ``needs_student_features`` and implement
-    ``distill_terms``.
+    ``distill_terms``. ``teacher_cache``: a ready cache to take the teachers' outputs from
+    (else ``cfg.teacher_cache_views`` > 0 builds one in ``setup``).
     """
 
     name: ClassVar[str] = "base"
@@ -84,9 +87,11 @@ class Distiller(nn.Module):
         teachers: Sequence[TeacherRef] = (),
         *,
         tap_factory: Optional[TapFactory] = None,
+        teacher_cache: Optional[TeacherCache] = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.teacher_cache = teacher_cache
         self.student = student
         self.student_spec = student_spec
         self._tap_factory = tap_factory
@@ -213,7 +218,7 @@ class Distiller(nn.Module):
         target: Tensor,
         teacher_outputs: Optional[Mapping[str, Mapping[str, Tensor]]] = None,
     ) -> DistillOutput:
-        x = self._view(batch_inputs, "student")
+        x = self._view(batch_inputs, STUDENT_VIEW)
         logits, feat = self._run(self.student, self.student_spec, x, self.needs_student_features, "student")
         teachers = self._gather_teachers(batch_inputs, teacher_outputs, logits.device) if self.active_teachers else {}
         ce = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.label_smoothing)
@@ -223,6 +228,37 @@ class Distiller(nn.Module):
             loss = loss + weight * value
         losses = {"ce": ce.detach(), **{k: v.detach() for k, (_, v) in terms.items()}}
         return DistillOutput(logits=logits, losses=losses, loss=loss)
+
+    def setup(self, data: SeededViews, ctx: RunContext) -> TrainPlan:
+        """Before the first step: the teacher cache when one is given or configured (then only the
+        student's view is rendered for training), and the one-off ``prepare`` fit on a fresh run
+        (a resumed run's checkpoint holds what it fitted)."""
+        plan = TrainPlan(data)
+        if self.active_teachers and (self.teacher_cache is not None or self.cfg.teacher_cache_views):
+            plan = cached_plan(self, data, ctx, self.cfg.teacher_cache_views, cache=self.teacher_cache)
+        if self.needs_prepare and not ctx.resumed:
+            try:
+                log.info("distiller.prepare: %s", self.prepare(self._prepare_batches(plan, ctx)))
+            except BaseException:
+                plan.close()
+                raise
+        return plan
+
+    def _prepare_batches(self, plan: TrainPlan, ctx: RunContext) -> Iterable[Any]:
+        """Views 0..P-1 of this rank's share of the training clips (P = ``cfg.prepare_views``, at
+        most the cached views; ``prepare`` sums its statistics over ranks), with cached teacher
+        outputs where there are. More than one view: a closed-form fit on exactly the views of the
+        first epoch would fit part of their residual away by chance, and the target would be
+        smaller then than ever after."""
+        num_views = self.cfg.prepare_views if plan.num_views is None else min(self.cfg.prepare_views, plan.num_views)
+        info = D.current()
+        shard = range(info.rank, len(plan.data), info.world_size)
+        keys = [ViewKey(i, v) for v in range(num_views) for i in shard]
+        loader = DataLoader(plan.data, batch_size=ctx.batch_size, sampler=keys,
+                            **{**ctx.loader_kwargs, "persistent_workers": False})
+        if plan.extras is None:
+            return loader
+        return ({**batch, **plan.extras(batch)} for batch in loader)
 
     def prepare(self, loader: Iterable[Any], max_batches: Optional[int] = None) -> dict[str, float]:
         """One-off fitting before training (closed-form phi for DT-KD); returns fit statistics."""
@@ -234,7 +270,7 @@ class Distiller(nn.Module):
         return False
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the method the 0-based epoch about to run (DKD's warm-up uses it)."""
+        """The 0-based epoch about to run (DKD's warm-up uses it)."""
         self.epoch = int(epoch)
 
     def epoch_diagnostics(self) -> dict[str, Any]:
@@ -246,10 +282,6 @@ class Distiller(nn.Module):
         """Student + training-only heads; never a teacher parameter."""
         return [p for n, p in self.named_parameters() if not n.startswith("teachers.") and p.requires_grad]
 
-    def student_state_dict(self) -> dict[str, Tensor]:
-        """The plain student's state_dict: no SDB, projection or generator in it."""
-        return self.student.state_dict()
-
     def training_state_dict(self) -> dict[str, Tensor]:
         """Everything needed to resume (student, heads, fitted phi) without the teachers."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teachers.")}
@@ -258,7 +290,8 @@ class Distiller(nn.Module):
         result = self.load_state_dict(dict(state), strict=False)
         missing = [k for k in result.missing_keys if not k.startswith("teachers.")]
         if missing or result.unexpected_keys:
-            raise KeyError(f"training state mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+            raise KeyError(f"training state does not fit this distiller: missing {missing[:5]}, "
+                           f"unexpected {result.unexpected_keys[:5]}")
 
 
 def build_distiller(
@@ -268,6 +301,7 @@ def build_distiller(
     teachers: Sequence[TeacherRef] = (),
     *,
     tap_factory: Optional[TapFactory] = None,
+    teacher_cache: Optional[TeacherCache] = None,
 ) -> Distiller:
     """The registered Distiller named by ``cfg.method``, built around the given models.
 
@@ -276,4 +310,4 @@ def build_distiller(
     if not isinstance(cfg, DistillConfig):
         cfg = DistillConfig.model_validate(cfg)
     cls = DISTILLERS.get(cfg.method)
-    return cls(cfg, student, student_spec, teachers, tap_factory=tap_factory)
+    return cls(cfg, student, student_spec, teachers, tap_factory=tap_factory, teacher_cache=teacher_cache)

@@ -6,16 +6,18 @@ teacher for L_SR (any K >= 1) and the ViT and CNN teachers for L_SD, the ViT for
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .config import DistillConfig
-from .distiller import DISTILLERS, Distiller, TeacherOutputs, TeacherRef, unpack_batch, feature_channels
-from .features import TapFactory, global_pool
+from dtkd.data.views import STUDENT_VIEW
+
+from .distiller import Distiller, TeacherOutputs, feature_channels, unpack_batch
+from .features import global_pool
 from .losses import DKDLoss, MGDLoss, SRLoss, at_loss, kd_loss, rkd_distance_loss
 from .projection import FeatureMoments
+from .registry import DISTILLERS
 from .sdd import StructureDiscrepancyDistillation
 
 Terms = dict[str, tuple[float, Tensor]]
@@ -33,17 +35,9 @@ class _SingleTeacher(Distiller):
 
     uses_features = False
 
-    def __init__(
-        self,
-        cfg: DistillConfig,
-        student: nn.Module,
-        student_spec: Any,
-        teachers: Sequence[TeacherRef] = (),
-        *,
-        tap_factory: Optional[TapFactory] = None,
-    ) -> None:
-        super().__init__(cfg, student, student_spec, teachers, tap_factory=tap_factory)
-        self.teacher_name = self.teacher_with_role(cfg.baseline_teacher)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Distiller's arguments
+        super().__init__(*args, **kwargs)
+        self.teacher_name = self.teacher_with_role(self.cfg.baseline_teacher)
         self._use_teachers([self.teacher_name], features=self.uses_features)
         self.needs_student_features = self.uses_features
 
@@ -78,7 +72,7 @@ class DKD(_SingleTeacher):
         if self.epoch is None and self.dkd.warmup_epochs > 0 and self.training and not self._warned:
             warnings.warn("DKD warm-up is off: the trainer never called distiller.set_epoch(epoch)", stacklevel=2)
             self._warned = True
-        value = self.dkd(logits, teachers[self.teacher_name]["logits"], target)  # unwarmed value for logging
+        value = self.dkd(logits, teachers[self.teacher_name]["logits"], target)  # unwarmed: the factor is the weight
         return {"dkd": (self.dkd.warmup_factor(self.epoch), value)}
 
 
@@ -143,16 +137,9 @@ class DTKD(Distiller):
 
     name = "dtkd"
 
-    def __init__(
-        self,
-        cfg: DistillConfig,
-        student: nn.Module,
-        student_spec: Any,
-        teachers: Sequence[TeacherRef] = (),
-        *,
-        tap_factory: Optional[TapFactory] = None,
-    ) -> None:
-        super().__init__(cfg, student, student_spec, teachers, tap_factory=tap_factory)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Distiller's arguments
+        super().__init__(*args, **kwargs)
+        cfg = self.cfg
         self.use_sr = cfg.use_sr and cfg.alpha > 0
         self.use_sd = cfg.use_sd and cfg.beta > 0
         self.use_rkd = cfg.use_rkd and cfg.gamma > 0
@@ -169,7 +156,7 @@ class DTKD(Distiller):
             self.cnn = self.teacher_with_role("cnn")
             self._use_teachers([self.vit, self.cnn], features=True)
             self.sdd = StructureDiscrepancyDistillation(
-                feature_channels(student_spec, "student"),
+                feature_channels(self.student_spec, "student"),
                 feature_channels(self.teacher_specs[self.vit], f"teacher {self.vit!r}"),
                 feature_channels(self.teacher_specs[self.cnn], f"teacher {self.cnn!r}"),
                 variant=cfg.sdb,
@@ -202,11 +189,6 @@ class DTKD(Distiller):
     def needs_prepare(self) -> bool:
         return self.sdd is not None and not self.sdd.phi.is_fitted
 
-    @property
-    def prepare_views(self) -> int:
-        """Augmented views of each training clip ``prepare`` should see (the Trainer reads it)."""
-        return self.cfg.prepare_views
-
     def _student_grid(self, x: Tensor) -> tuple[int, ...]:
         """The (T, H, W) of the student's tapped map for this clip size (one eval forward)."""
         was_training = self.student.training
@@ -238,7 +220,7 @@ class DTKD(Distiller):
             inputs, cached = unpack_batch(batch)
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             if grid is None:
-                grid = self._student_grid(self._view(inputs, "student"))
+                grid = self._student_grid(self._view(inputs, STUDENT_VIEW))
             out = self._gather_teachers(inputs, cached, device, names=[self.vit, self.cnn])
             self.sdd.accumulate(moments, out[self.vit]["features"], out[self.cnn]["features"], grid)
             batches += 1

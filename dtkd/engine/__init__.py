@@ -1,32 +1,15 @@
-"""Training engine: one Trainer for teachers and distillation, DDP, checkpoints, teacher cache.
+"""Training engine: one Trainer for teachers and distillation, its contract with what it trains
+(``TrainingModule``), deterministic sampling, DDP and checkpoints."""
+from dtkd.engine.callbacks import Callback, History
+from dtkd.engine.checkpoint import CheckpointManager
+from dtkd.engine.config import TrainConfig
+from dtkd.engine.contract import RunContext, StepOutput, TrainingModule, TrainPlan
+from dtkd.engine.distributed import DistInfo, init_from_env
+from dtkd.engine.sampling import EpochSampler, SeededViews, ViewKey
+from dtkd.engine.trainer import NonFiniteLossError, Trainer, TrainResult
 
-Exports are lazy so that ``dtkd.config`` can import ``TrainConfig`` without pulling in the
-whole engine.
-"""
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "TrainConfig": "dtkd.engine.config",
-    "Trainer": "dtkd.engine.trainer",
-    "TrainResult": "dtkd.engine.trainer",
-    "NonFiniteLossError": "dtkd.engine.trainer",
-    "Callback": "dtkd.engine.callbacks",
-    "History": "dtkd.engine.callbacks",
-    "CheckpointManager": "dtkd.engine.checkpoint",
-    "TeacherCache": "dtkd.engine.teacher_cache",
-    "SeededViews": "dtkd.engine.sampling",
-    "EpochSampler": "dtkd.engine.sampling",
-    "ViewKey": "dtkd.engine.sampling",
-    "DistInfo": "dtkd.engine.distributed",
-    "init_from_env": "dtkd.engine.distributed",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'dtkd.engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__ = [
+    "Callback", "CheckpointManager", "DistInfo", "EpochSampler", "History", "NonFiniteLossError", "RunContext",
+    "SeededViews", "StepOutput", "TrainConfig", "TrainPlan", "TrainResult", "Trainer", "TrainingModule", "ViewKey",
+    "init_from_env",
+]

@@ -20,37 +20,34 @@ class TrainConfig(BaseModel):
 
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum; AdamW uses it as beta1
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum; AdamW uses it as beta1")
     weight_decay: float = Field(1e-4, ge=0)
     # Norm scales and biases (every 0/1-D parameter) get no weight decay: decaying them
     # only fights normalisation and is the usual recipe for both optimisers.
     decay_norm_and_bias: bool = False
 
     scheduler: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = Field(default_factory=list)  # epochs at which lr *= gamma
+    milestones: list[int] = Field(default_factory=list, description="epochs at which lr *= gamma")
     gamma: float = Field(0.1, gt=0, le=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of lr
-    warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up, per step; may be fractional
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up, per step; may be fractional")
 
-    grad_clip: Optional[float] = Field(None, gt=0)  # max global L2 norm of the gradients
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    grad_clip: Optional[float] = Field(None, gt=0, description="max global L2 norm of the gradients")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 on CUDA, off on CPU")
     compile: bool = False
-    channels_last: Optional[bool] = None  # None: channels_last_3d on CUDA only
+    channels_last: Optional[bool] = Field(None, description="None: channels_last_3d on CUDA only")
 
     num_workers: int = Field(0, ge=0)
-    pin_memory: Optional[bool] = None  # None: on when training on CUDA
+    pin_memory: Optional[bool] = Field(None, description="None: on when training on CUDA")
     seed: int = 0
 
-    keep_last: int = Field(2, ge=1)  # checkpoints kept on disk
-    checkpoint_every: Optional[int] = Field(None, gt=0)  # also checkpoint every N steps
-    max_nonfinite: int = Field(5, ge=1)  # consecutive skipped steps before the run stops
-    log_every: int = Field(10, ge=1)  # steps between on_step_end callbacks
-    val_every: int = Field(1, ge=0)  # epochs between validations; 0 = never
+    keep_last: int = Field(2, ge=1, description="checkpoints kept on disk")
+    checkpoint_every: Optional[int] = Field(None, gt=0, description="also checkpoint every N steps")
+    max_nonfinite: int = Field(5, ge=1, description="consecutive skipped steps before the run stops")
+    log_every: int = Field(10, ge=1, description="steps between on_step_end callbacks")
+    val_every: int = Field(1, ge=0, description="epochs between validations; 0 = never")
 
-    # >0: teachers are precomputed for this many augmented views per clip and only the
-    # student runs during distillation (see dtkd.engine.teacher_cache); 0 = online teachers.
-    teacher_cache_views: int = Field(0, ge=0)
-    find_unused_parameters: bool = False  # DDP: set if some trainable params get no grad
+    find_unused_parameters: bool = Field(False, description="DDP: set if some trainable params get no grad")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

@@ -69,6 +69,15 @@ class SeededViews(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
+    def with_views(self, names) -> "SeededViews":
+        """The same seeded items rendering only the views ``names``; the base dataset must offer
+        ``with_views`` (``dtkd.data.ClipDataset`` does), which keeps every view's content."""
+        select = getattr(self.base, "with_views", None)
+        if select is None:
+            raise TypeError(f"{type(self.base).__name__} cannot render a subset of its views: give it a "
+                            f"with_views(names) method (see dtkd.data.ClipDataset.with_views)")
+        return SeededViews(select(names), self.seed)
+
     def __getitem__(self, key: Any) -> dict:
         index, view_id = (int(key), 0) if isinstance(key, (int, np.integer)) else (int(key[0]), int(key[1]))
         s = derive_seed(self.seed, index, view_id)

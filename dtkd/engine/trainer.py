@@ -1,9 +1,9 @@
 """One training loop for teacher fine-tuning (distiller method ``none``) and for distillation.
 
-The Trainer drives anything that follows the Distiller contract (docs/architecture.md):
-``distiller(batch_inputs, target, teacher_outputs=None) -> DistillOutput(logits, losses, loss)``,
-``.student``, ``.trainable_parameters()``. It owns the sampler (deterministic and resumable),
-the optimiser and schedule, AMP, DDP, checkpoints, the non-finite guard and the teacher cache.
+The Trainer trains a :class:`dtkd.engine.contract.TrainingModule` and calls only what that
+contract declares. It owns the sampler (deterministic and resumable), the optimiser and schedule,
+AMP, DDP, checkpoints and the non-finite guard; what is particular to a method (e.g. cached
+teacher outputs) comes from the module's ``setup`` as a ``TrainPlan``.
 """
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import contextlib
 import logging
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dtkd.data.views import STUDENT_VIEW
 from dtkd.engine import distributed as D
 from dtkd.engine.callbacks import dispatch
-from dtkd.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
+from dtkd.engine.checkpoint import CheckpointManager, load, rng_state, set_rng_state
 from dtkd.engine.config import TrainConfig
+from dtkd.engine.contract import RunContext, TrainingModule, TrainPlan
 from dtkd.engine.optim import build_optimizer, build_scheduler
-from dtkd.engine.sampling import EpochSampler, SeededViews, ShardSampler, ViewKey, derive_seed
+from dtkd.engine.sampling import EpochSampler, SeededViews, ShardSampler, derive_seed
 
 log = logging.getLogger(__name__)
-STUDENT_VIEW = "student"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,27 +76,44 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class _Run:
+    """Everything one ``fit`` builds; it lives as long as that call."""
+
+    plan: TrainPlan
+    loader: DataLoader
+    sampler: EpochSampler
+    val_loader: DataLoader | None
+    params: list[nn.Parameter]
+    model: nn.Module  # what the steps call: the module, or its DDP/compiled wrapper
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # this epoch's running sums
+    t0: float = 0.0  # when this epoch (or its resumed part) started
+    clips0: int = 0  # clips already done in this epoch before the resume
+
+
 class Trainer:
-    """Train ``distiller`` (its student, plus any trainable distillation heads).
+    """Train a :class:`TrainingModule` (its student, plus any trainable distillation heads).
 
     ``checkpoint_dir``: enables checkpoints (every epoch, and every ``checkpoint_every``
-    steps) and resume. ``teacher_cache``: a ready ``TeacherCache``; or set
-    ``cfg.teacher_cache_views`` and the Trainer builds one (in ``cache_dir``, default
-    ``checkpoint_dir/teacher_cache``). Callbacks and the progress bar run on rank 0 only.
+    steps) and resume; it is also the module's ``RunContext.work_dir`` (a distiller keeps its
+    teacher cache there). Callbacks and the progress bar run on rank 0 only.
     """
 
     def __init__(
         self,
-        distiller: nn.Module,
+        distiller: TrainingModule,
         cfg: TrainConfig,
         device: str | torch.device | None = None,
         callbacks: Iterable[Any] = (),
         checkpoint_dir: str | Path | None = None,
         *,
-        teacher_cache: Any = None,
-        cache_dir: str | Path | None = None,
         progress: bool = True,
     ) -> None:
+        if not isinstance(distiller, TrainingModule):
+            raise TypeError(f"the Trainer trains a dtkd.engine.contract.TrainingModule, got {type(distiller).__name__}")
         self.distiller = distiller
         self.cfg = cfg
         self.info = D.current()
@@ -105,14 +121,12 @@ class Trainer:
             device = f"cuda:{self.info.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.callbacks = list(callbacks) if self.info.is_main else []
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.ckpt = CheckpointManager(checkpoint_dir, cfg.keep_last) if checkpoint_dir else None
-        self.cache = teacher_cache
-        self.cache_dir = Path(cache_dir) if cache_dir else (Path(checkpoint_dir) / "teacher_cache" if checkpoint_dir else None)
         self.progress = progress and self.info.is_main
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         self.channels_last = self.device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
         self.last_checkpoint: Path | None = None
-        self._tmp_cache: Path | None = None
 
     # ------------------------------------------------------------------ public
     def fit(self, train: DataLoader | Dataset, val: DataLoader | Dataset | None = None, *, resume: bool | str | Path = True) -> TrainResult:
@@ -128,43 +142,19 @@ class Trainer:
             self.distiller.to(memory_format=torch.channels_last_3d)
         self.distiller.train()
 
+        dataset, loader_kw = self._unwrap(train, self.cfg.num_workers)
+        seeded = dataset if isinstance(dataset, SeededViews) else SeededViews(dataset, self.cfg.seed)
+        checkpoint = self._find_checkpoint(resume)
+        ctx = RunContext(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                         batch_size=max(1, self.cfg.batch_size // self.info.world_size), loader_kwargs=loader_kw,
+                         work_dir=self.checkpoint_dir, resumed=checkpoint is not None, progress=self.progress)
+        plan = self.distiller.setup(seeded, ctx)
         try:
-            return self._fit(train, val, resume)
+            st = _State()
+            run = self._start(plan, loader_kw, val, st, checkpoint)
+            return self._loop(run, st)
         finally:
-            if self._tmp_cache is not None:
-                shutil.rmtree(self._tmp_cache, ignore_errors=True)
-                self._tmp_cache, self.cache = None, None
-
-    def _fit(self, train, val, resume) -> TrainResult:
-        cfg, dev = self.cfg, self.device
-        views, loader, sampler, loader_kw = self._train_loader(train)
-        val_loader = self._val_loader(val) if val is not None else None
-        named = self._trainable_named()
-        self.params = [p for _, p in named]
-        opt = build_optimizer(named, cfg)
-        sched = build_scheduler(opt, cfg, sampler.steps_per_epoch)
-        scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
-        st = _State()
-        if resume:
-            self._restore(st, opt, sched, scaler, None if resume is True else Path(resume), sampler.steps_per_epoch)
-        if getattr(self.distiller, "needs_prepare", False):  # a fresh run; a checkpoint holds phi
-            self._prepare(views, loader_kw)
-
-        self._objs = (self._wrap(), opt, sched, scaler)
-        dispatch(self.callbacks, "on_train_start", self)
-        for epoch in range(st.epoch, cfg.epochs):
-            sampler.set_epoch(epoch, st.step_in_epoch)
-            if hasattr(self.distiller, "set_epoch"):  # e.g. DKD's warm-up
-                self.distiller.set_epoch(epoch)
-            self._run_epoch(epoch, loader, sampler, st)
-            metrics = self._end_epoch(epoch, val_loader, st)
-            dispatch(self.callbacks, "on_epoch_end", epoch, metrics)
-
-        final = st.history[-1] if st.history else {}
-        result = TrainResult(st.history, final, st.nonfinite_total, st.best,
-                             str(self.last_checkpoint) if self.last_checkpoint else None)
-        dispatch(self.callbacks, "on_train_end", result)
-        return result
+            plan.close()
 
     @torch.no_grad()
     def validate(self, loader: DataLoader) -> dict[str, float]:
@@ -190,36 +180,68 @@ class Trainer:
         return {"val_top1": tot["correct"] / tot["n"], "val_loss": tot["loss"] / tot["n"], "val_n": int(tot["n"])}
 
     # --------------------------------------------------------------- the loop
-    def _run_epoch(self, epoch: int, loader: DataLoader, sampler: EpochSampler, st: _State) -> None:
+    def _start(self, plan: TrainPlan, loader_kw: dict, val, st: _State, checkpoint: tuple[Path, dict] | None) -> _Run:
+        """The loader over the plan's data (seeded views, resumable DDP-aware sampler), the
+        optimiser and schedule (restored from ``checkpoint`` into ``st``), and the module the
+        steps call."""
         cfg = self.cfg
-        model, opt, sched, scaler = self._objs
+        sampler = EpochSampler(len(plan.data), cfg.batch_size, shuffle=True, seed=cfg.seed, num_views=plan.num_views,
+                               rank=self.info.rank, world_size=self.info.world_size)
+        loader = DataLoader(plan.data, batch_size=sampler.local_batch, sampler=sampler,
+                            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, self.info.rank, 3)), **loader_kw)
+        val_loader = self._val_loader(val) if val is not None else None
+        named = self._trainable_named()
+        opt = build_optimizer(named, cfg)
+        sched = build_scheduler(opt, cfg, sampler.steps_per_epoch)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if checkpoint is not None:
+            self._restore(st, opt, sched, scaler, *checkpoint, sampler.steps_per_epoch)
+        return _Run(plan=plan, loader=loader, sampler=sampler, val_loader=val_loader, params=[p for _, p in named],
+                    model=self._wrap(), opt=opt, sched=sched, scaler=scaler)
+
+    def _loop(self, run: _Run, st: _State) -> TrainResult:
+        dispatch(self.callbacks, "on_train_start", self)
+        for epoch in range(st.epoch, self.cfg.epochs):
+            run.sampler.set_epoch(epoch, st.step_in_epoch)
+            self.distiller.set_epoch(epoch)
+            self._run_epoch(epoch, run, st)
+            metrics = self._end_epoch(epoch, run, st)
+            dispatch(self.callbacks, "on_epoch_end", epoch, metrics)
+        final = st.history[-1] if st.history else {}
+        result = TrainResult(st.history, final, st.nonfinite_total, st.best,
+                             str(self.last_checkpoint) if self.last_checkpoint else None)
+        dispatch(self.callbacks, "on_train_end", result)
+        return result
+
+    def _run_epoch(self, epoch: int, run: _Run, st: _State) -> None:
+        cfg = self.cfg
         # Rank 0 carries the partial sums of a resumed epoch; the others start at zero. Every
         # rank must hold the same keys: they are reduced in one collective.
         start = {"n": 0.0, "loss": 0.0, "correct": 0.0, "nonfinite": 0.0, **st.sums}
-        self._sums = {k: torch.tensor(v if self.info.is_main else 0.0, dtype=torch.float64, device=self.device)
-                      for k, v in start.items()}
+        run.sums = {k: torch.tensor(v if self.info.is_main else 0.0, dtype=torch.float64, device=self.device)
+                    for k, v in start.items()}
         window: dict[str, torch.Tensor] = {}
-        self._t0, self._clips0 = time.perf_counter(), st.step_in_epoch * cfg.batch_size
-        bar = self._bar(epoch, sampler)
-        for batch in loader:
-            ok, out, loss = self._train_step(model, opt, sched, scaler, batch)
+        run.t0, run.clips0 = time.perf_counter(), st.step_in_epoch * cfg.batch_size
+        bar = self._bar(epoch, run.sampler)
+        for batch in run.loader:
+            ok, out, loss = self._train_step(run, batch)
             st.global_step += 1
             st.step_in_epoch += 1
             if ok:
                 st.nonfinite_run = 0
                 sums = self._batch_sums(out, loss, batch)
-                for acc in (self._sums, window):
+                for acc in (run.sums, window):
                     for k, v in sums.items():
                         acc[k] = acc.get(k, 0.0) + v
             else:
                 st.nonfinite_total += 1
                 st.nonfinite_run += 1
-                self._sums["nonfinite"] += float(self.info.is_main)  # all ranks skipped: count once
+                run.sums["nonfinite"] += float(self.info.is_main)  # all ranks skipped: count once
                 if st.nonfinite_run >= cfg.max_nonfinite:
                     bar.close()
                     raise NonFiniteLossError(
                         f"{st.nonfinite_run} consecutive non-finite losses/gradients (epoch {epoch}, step "
-                        f"{st.step_in_epoch}/{sampler.steps_per_epoch}; max_nonfinite={cfg.max_nonfinite}). "
+                        f"{st.step_in_epoch}/{run.sampler.steps_per_epoch}; max_nonfinite={cfg.max_nonfinite}). "
                         f"Those steps were skipped, the weights are the last finite ones; last good checkpoint: "
                         f"{self.last_checkpoint or 'none (no checkpoint_dir)'}"
                     )
@@ -227,32 +249,31 @@ class Trainer:
             if st.global_step % cfg.log_every == 0:
                 w = D.all_reduce_sums(window, self.device)
                 window = {}
-                metrics = {"epoch": epoch, "lr": sched.get_last_lr()[0], **self._means(w, "")}
+                metrics = {"epoch": epoch, "lr": run.sched.get_last_lr()[0], **self._means(w, "")}
                 bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics['lr']:.2e}")
                 dispatch(self.callbacks, "on_step_end", st.global_step, metrics)
             if (self.ckpt and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
-                    and st.step_in_epoch < sampler.steps_per_epoch):
-                st.sums = D.all_reduce_sums(self._sums, self.device)
-                self._save(st)
+                    and st.step_in_epoch < run.sampler.steps_per_epoch):
+                st.sums = D.all_reduce_sums(run.sums, self.device)
+                self._save(st, run)
         bar.close()
 
-    def _train_step(self, model, opt, sched, scaler, batch) -> tuple[bool, Any, torch.Tensor]:
+    def _train_step(self, run: _Run, batch) -> tuple[bool, Any, torch.Tensor]:
+        opt, scaler = run.opt, run.scaler
         inputs = {k: self._to_device(v) for k, v in batch["inputs"].items()}
         target = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True)
-        kwargs = {}
-        if self.cache is not None:
-            kwargs["teacher_outputs"] = self.cache.lookup(batch["index"], batch["view_id"], device=self.device)
+        extras = run.plan.extras(batch) if run.plan.extras is not None else {}
         with self._autocast():
-            out = model(inputs, target, **kwargs)
+            out = run.model(inputs, target, **extras)
         loss = out.loss.float()
         # Backward runs even for a NaN loss (rare): every DDP rank then takes part in the same
         # gradient all-reduce, and one flag below decides for all of them.
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         if self.cfg.grad_clip:
-            norm = nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(run.params, self.cfg.grad_clip)
         else:
-            norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            norm = nn.utils.get_total_norm([p.grad for p in run.params if p.grad is not None])
         # A finite loss can still give inf/NaN gradients. With fp16 the scaler skips those
         # steps itself (overflow while it calibrates is normal, not an error). DDP gradients
         # are already averaged, so the norm is the same on every rank.
@@ -262,26 +283,25 @@ class Trainer:
             scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
-        sched.step()  # the schedule follows the data position, skipped or not
+        run.sched.step()  # the schedule follows the data position, skipped or not
         return ok, out, loss
 
-    def _end_epoch(self, epoch: int, val_loader, st: _State) -> dict:
-        sched = self._objs[2]
-        sums = D.all_reduce_sums(self._sums, self.device)
-        elapsed = time.perf_counter() - self._t0
-        clips = st.step_in_epoch * self.cfg.batch_size - self._clips0
-        metrics: dict[str, Any] = {"epoch": epoch, **self._means(sums, "train_"), "lr": sched.get_last_lr()[0],
+    def _end_epoch(self, epoch: int, run: _Run, st: _State) -> dict:
+        sums = D.all_reduce_sums(run.sums, self.device)
+        elapsed = time.perf_counter() - run.t0
+        clips = st.step_in_epoch * self.cfg.batch_size - run.clips0
+        metrics: dict[str, Any] = {"epoch": epoch, **self._means(sums, "train_"), "lr": run.sched.get_last_lr()[0],
                                    "nonfinite_skipped": int(round(sums.get("nonfinite", 0.0))),
                                    "epoch_time_s": elapsed, "clips_per_s": clips / elapsed if elapsed > 0 else 0.0}
         last = epoch + 1 == self.cfg.epochs
-        if val_loader is not None and self.cfg.val_every and ((epoch + 1) % self.cfg.val_every == 0 or last):
-            metrics.update(self.validate(val_loader))
+        if run.val_loader is not None and self.cfg.val_every and ((epoch + 1) % self.cfg.val_every == 0 or last):
+            metrics.update(self.validate(run.val_loader))
             if st.best is None or metrics["val_top1"] > st.best["val_top1"]:
                 st.best = dict(metrics)
         st.history.append(metrics)
         st.epoch, st.step_in_epoch, st.sums = epoch + 1, 0, {}
         if self.ckpt:
-            self._save(st)
+            self._save(st, run)
         return metrics
 
     def _batch_sums(self, out, loss: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
@@ -306,26 +326,7 @@ class Trainer:
         return out
 
     # ------------------------------------------------------- checkpoint/resume
-    def _model_state(self) -> dict:
-        # Without the frozen teachers: checkpoints stay student-sized. A Distiller says what
-        # that is (training_state_dict); otherwise drop every frozen parameter, keep buffers.
-        if hasattr(self.distiller, "training_state_dict"):
-            return self.distiller.training_state_dict()
-        frozen = {n for n, p in self.distiller.named_parameters() if not p.requires_grad}
-        return {k: v for k, v in self.distiller.state_dict().items() if k not in frozen}
-
-    def _load_model_state(self, state: dict, path: Path) -> None:
-        if hasattr(self.distiller, "load_training_state_dict"):
-            self.distiller.load_training_state_dict(state)
-            return
-        frozen = {n for n, p in self.distiller.named_parameters() if not p.requires_grad}
-        missing, unexpected = self.distiller.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - frozen:
-            raise ValueError(f"checkpoint {path} does not fit this model: missing {sorted(set(missing) - frozen)[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-
-    def _save(self, st: _State) -> None:
-        model, opt, sched, scaler = self._objs
+    def _save(self, st: _State, run: _Run) -> None:
         rngs = D.gather_objects(rng_state())  # collective: every rank's RNG
         if not self.info.is_main:
             return
@@ -334,28 +335,31 @@ class Trainer:
             "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
             "nonfinite_total": st.nonfinite_total, "nonfinite_run": st.nonfinite_run,
             "history": st.history, "best": st.best, "sums": st.sums,
-            "model": self._model_state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rngs, "world_size": self.info.world_size,
-            "steps_per_epoch": sched.lr_lambdas[0].steps_per_epoch, "config": self.cfg.model_dump(mode="json"),
+            "model": self.distiller.training_state_dict(), "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(), "rng": rngs,
+            "world_size": self.info.world_size, "steps_per_epoch": run.sampler.steps_per_epoch,
+            "config": self.cfg.model_dump(mode="json"),
         }
         self.last_checkpoint = self.ckpt.save(state, st.global_step)
 
-    def _restore(self, st: _State, opt, sched, scaler, path: Path | None, steps_per_epoch: int) -> None:
-        from dtkd.engine.checkpoint import load
+    def _find_checkpoint(self, resume: bool | str | Path) -> tuple[Path, dict] | None:
+        """The checkpoint ``fit(resume=...)`` continues from, loaded, or None for a fresh run."""
+        if not resume:
+            return None
+        if resume is not True:
+            return Path(resume), load(Path(resume))
+        return self.ckpt.load_latest() if self.ckpt else None
 
-        if path is not None:
-            found = (path, load(path))
-        else:
-            found = self.ckpt.load_latest() if self.ckpt else None
-        if found is None:
-            return
-        path, ck = found
+    def _restore(self, st: _State, opt, sched, scaler, path: Path, ck: dict, steps_per_epoch: int) -> None:
         if ck["steps_per_epoch"] != steps_per_epoch or ck["config"]["batch_size"] != self.cfg.batch_size:
             raise ValueError(
                 f"cannot resume from {path}: it has {ck['steps_per_epoch']} steps/epoch at batch_size "
                 f"{ck['config']['batch_size']}, this run has {steps_per_epoch} at {self.cfg.batch_size}"
             )
-        self._load_model_state(ck["model"], path)
+        try:
+            self.distiller.load_training_state_dict(ck["model"])
+        except KeyError as err:
+            raise ValueError(f"checkpoint {path} does not fit this model: {err.args[0]}") from None
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -375,34 +379,8 @@ class Trainer:
         ids = {id(p) for p in self.distiller.trainable_parameters()}
         named = [(n, p) for n, p in self.distiller.named_parameters() if id(p) in ids]
         if len(named) != len(ids):
-            raise ValueError("trainable_parameters() returned tensors that are not parameters of the distiller")
+            raise ValueError("trainable_parameters() returned tensors that are not parameters of the module")
         return named
-
-    def _train_loader(self, train: DataLoader | Dataset) -> tuple[SeededViews, DataLoader, EpochSampler, dict]:
-        """Our own loader over ``train``'s dataset: seeded views, resumable DDP-aware sampler,
-        and the teacher cache (built here when the config asks for one)."""
-        cfg = self.cfg
-        dataset, loader_kw = self._unwrap(train, cfg.num_workers)
-        views = dataset if isinstance(dataset, SeededViews) else SeededViews(dataset, cfg.seed)
-        # A method that runs no teacher (e.g. `none` given teachers anyway) has nothing to cache.
-        uses_teachers = bool(getattr(self.distiller, "active_teachers", True))
-        if cfg.teacher_cache_views and self.cache is None and uses_teachers:
-            self.cache = self._build_cache(views, loader_kw)
-        if self.cache is not None and (self.cache.seed, self.cache.num_items) != (views.seed, len(views)):
-            raise ValueError(
-                f"the teacher cache was built for {self.cache.num_items} clips with view seed {self.cache.seed}, "
-                f"this run has {len(views)} clips with seed {views.seed}: the student would not see the cached views"
-            )
-        sampler = EpochSampler(
-            len(views), cfg.batch_size, shuffle=True, seed=cfg.seed,
-            num_views=self.cache.num_views if self.cache is not None else None,
-            rank=self.info.rank, world_size=self.info.world_size,
-        )
-        loader = DataLoader(
-            views, batch_size=sampler.local_batch, sampler=sampler,
-            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, self.info.rank, 3)), **loader_kw,
-        )
-        return views, loader, sampler, loader_kw
 
     def _wrap(self) -> nn.Module:
         """The module the steps call: DDP under torchrun, compiled if asked."""
@@ -436,39 +414,6 @@ class Trainer:
         kw["persistent_workers"] = False
         return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(len(dataset), self.info.rank, self.info.world_size), **kw)
 
-    def _prepare(self, views: SeededViews, loader_kw: dict) -> None:
-        """``distiller.prepare`` on views 0..P-1 of this rank's share of the training clips
-        (P = ``distiller.prepare_views``, at most the cached views; the distiller sums its
-        statistics over ranks); cached teacher outputs are passed along. More than one view:
-        a closed-form fit on exactly the views of the first epoch would fit part of their
-        residual away by chance, and the target would be smaller then than ever after."""
-        num_views = max(1, int(getattr(self.distiller, "prepare_views", 1)))
-        if self.cache is not None:
-            num_views = min(num_views, self.cache.num_views)
-        shard = range(self.info.rank, len(views), self.info.world_size)
-        keys = [ViewKey(i, v) for v in range(num_views) for i in shard]
-        loader = DataLoader(views, batch_size=max(1, self.cfg.batch_size // self.info.world_size), sampler=keys,
-                            **{**loader_kw, "persistent_workers": False})
-        if self.cache is not None:
-            loader = _WithCachedTeachers(loader, self.cache, self.device)
-        stats = self.distiller.prepare(loader)
-        log.info("distiller.prepare: %s", stats)
-
-    def _build_cache(self, views: SeededViews, loader_kw: dict):
-        from dtkd.engine.teacher_cache import TeacherCache
-
-        directory = self.cache_dir
-        if directory is None and self.info.enabled:
-            raise ValueError("teacher_cache_views under DDP needs cache_dir or checkpoint_dir: a directory every rank can reach")
-        if directory is None:  # nowhere to keep it: a temp dir, removed when fit() returns
-            directory = self._tmp_cache = Path(tempfile.mkdtemp(prefix="dtkd-teacher-cache-"))
-        return TeacherCache.build(
-            self.distiller, views, directory, num_views=self.cfg.teacher_cache_views,
-            batch_size=max(1, self.cfg.batch_size // self.info.world_size), device=self.device,
-            amp_dtype=self.amp_dtype, num_workers=loader_kw["num_workers"], collate_fn=loader_kw.get("collate_fn"),
-            channels_last=self.channels_last, progress=self.progress,
-        )
-
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last and x.dim() == 5:
@@ -485,17 +430,3 @@ class Trainer:
 
         return tqdm(total=sampler.steps_per_epoch, initial=sampler.start_step, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                     disable=not self.progress, leave=False, dynamic_ncols=True)
-
-
-class _WithCachedTeachers:
-    """Adds ``batch["teacher_outputs"]`` from the cache to every batch of a loader."""
-
-    def __init__(self, loader: DataLoader, cache: Any, device: torch.device) -> None:
-        self.loader, self.cache, self.device = loader, cache, device
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield {**batch, "teacher_outputs": self.cache.lookup(batch["index"], batch["view_id"], device=self.device)}

@@ -47,3 +47,18 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
         fv_log.setLevel(level)
         model.train(was_training)
     return total / 1e9
+
+
+def inference_cost(model: nn.Module, input_shape: Sequence[int], *, flops: bool = True, warmup: int = 1,
+                   repeats: int = 5, device: str = "cpu") -> dict[str, float]:
+    """What one clip costs at inference: ``params``, ``gflops`` (fvcore; left out with
+    ``flops=False``) and ``latency_ms`` (median of ``repeats`` forwards after ``warmup``). The one
+    measurement the evaluate step, the promotion gate and the benchmarks share."""
+    from dtkd.eval.metrics import measure_latency_ms
+
+    model = model.eval().to(device)
+    cost = {"params": float(count_params(model))}
+    if flops:
+        cost["gflops"] = float(count_flops(model, input_shape))
+    cost["latency_ms"] = measure_latency_ms(model, input_shape, warmup=warmup, repeats=repeats, device=device)
+    return cost

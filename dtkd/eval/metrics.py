@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dtkd.data.views import STUDENT_VIEW
+
 
 @dataclass
 class EvalResult:
@@ -43,7 +45,7 @@ def evaluate(
     loader,
     *,
     num_classes: int,
-    view: str = "student",
+    view: str = STUDENT_VIEW,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> EvalResult:

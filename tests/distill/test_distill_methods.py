@@ -60,8 +60,8 @@ def test_losses_named_per_method():
 def test_saved_student_is_a_plain_student(method):
     d = prepared(method)
     plain = TinyCNN(NUM_CLASSES, width=6)
-    assert d.student_state_dict().keys() == plain.state_dict().keys()
-    plain.load_state_dict(d.student_state_dict())  # strict: no SDB, projection or generator
+    assert d.student.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(d.student.state_dict())  # strict: no SDB, projection or generator
     assert not d.student._forward_hooks and not d.student.stage._forward_hooks  # taps removed
     inputs, _ = make_batch()
     d.eval()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from engine_helpers import ToyClips, fast_cfg, toy_distiller
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
 from dtkd.engine import Trainer
 from dtkd.engine.sampling import SeededViews, ViewKey

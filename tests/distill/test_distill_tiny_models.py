@@ -54,7 +54,7 @@ def test_method_forward_backward_on_tiny_models(zoo, method):
     assert all(p.grad is None for p in d.teachers.parameters())
     assert all(not m.training for m in d.teachers.modules())
     plain = models.build("x3d_tiny", N)
-    assert d.student_state_dict().keys() == plain.state_dict().keys()
+    assert d.student.state_dict().keys() == plain.state_dict().keys()
     assert sum(p.numel() for p in d.student.parameters()) == sum(p.numel() for p in plain.parameters())
 
 
@@ -94,9 +94,7 @@ def test_a_method_without_teachers_ignores_the_teacher_cache(zoo, tmp_path):
     # nothing to cache, so train CE-only instead of failing.
     from dtkd.engine import Trainer, TrainConfig
 
-    d = make(zoo, "none")
-    cfg = TrainConfig(epochs=1, batch_size=3, teacher_cache_views=2)
-    trainer = Trainer(d, cfg, progress=False, cache_dir=tmp_path / "cache")
-    result = trainer.fit(_Clips(6))
-    assert trainer.cache is None and not (tmp_path / "cache").exists()
+    d = make(zoo, "none", teacher_cache_views=2)
+    result = Trainer(d, TrainConfig(epochs=1, batch_size=3), progress=False, checkpoint_dir=tmp_path).fit(_Clips(6))
+    assert not (tmp_path / "teacher_cache").exists()
     assert set(k for k in result.history[0] if k.startswith("train_loss/")) == {"train_loss/ce"}

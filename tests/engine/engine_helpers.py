@@ -1,5 +1,5 @@
 """Small, fast stand-ins for the engine tests: a dataset with random augmentation and a
-distiller that follows the Distiller contract (docs/architecture.md) with BN-free models.
+distiller (a ``dtkd.distill.Distiller`` with its own toy loss) over BN-free models.
 
 BN-free on purpose: DDP equivalence needs per-sample independent forward passes (batch norm
 in train mode normalises over the *local* batch, which differs between 1 and 2 processes).
@@ -7,8 +7,8 @@ Tests that need the real dtkd models/distillers use them directly when they exis
 """
 from __future__ import annotations
 
+import copy
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +17,8 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
+from dtkd.distill import DistillConfig, Distiller, TeacherRef
+from dtkd.engine import StepOutput
 from dtkd.engine.config import TrainConfig
 
 NUM_CLASSES = 3
@@ -53,6 +55,11 @@ class ToyClips(Dataset):
             clip.fill_(float("nan"))
         return {"inputs": {v: clip for v in self.views}, "label": int(self.labels[index]), "index": index}
 
+    def with_views(self, names) -> "ToyClips":
+        subset = copy.copy(self)
+        subset.views = tuple(names)
+        return subset
+
 
 class ToyNet(nn.Module):
     """Conv3d -> ReLU -> Conv3d -> ReLU -> mean pool -> Linear; no normalisation layers."""
@@ -71,47 +78,25 @@ class ToyNet(nn.Module):
         return self.head(self.drop(f.mean(dim=(2, 3, 4))))
 
 
-@dataclass
-class Out:
-    logits: torch.Tensor
-    losses: dict
-    loss: torch.Tensor
-
-
-class ToyDistiller(nn.Module):
+class ToyDistiller(Distiller):
     """CE (+ KD on the mean teacher logits + MSE to the mean teacher features when teachers
-    are given), with a trainable 1x1x1 projection as the distillation head."""
+    are given), with a trainable 1x1x1 projection as the distillation head. The engine sees a
+    real Distiller: ``cache_views`` > 0 caches the teachers in ``setup``, as DT-KD does."""
 
-    def __init__(self, student: nn.Module, teachers: dict[str, nn.Module] | None = None, tau: float = 2.0) -> None:
-        super().__init__()
-        self.student = student
-        self.teachers = nn.ModuleDict(teachers or {})
-        for p in self.teachers.parameters():
-            p.requires_grad_(False)
+    name = "toy"
+
+    def __init__(self, student: nn.Module, teachers: dict[str, nn.Module] | None = None, tau: float = 2.0,
+                 cache_views: int = 0, **distill) -> None:
+        refs = [TeacherRef(name, model, None, name) for name, model in (teachers or {}).items()]
+        super().__init__(DistillConfig(method="none", teacher_cache_views=cache_views, **distill), student, None, refs)
+        self._use_teachers(self.teacher_names, features=True)
         width = student.conv2.out_channels
         self.proj = nn.Conv3d(width, width, 1) if self.teachers else None
         self.tau = tau
         self.teacher_calls = 0
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teachers.eval()  # teachers stay frozen, dropout off
-        return self
-
-    def trainable_parameters(self):
-        return [p for n, p in self.named_parameters() if not n.startswith("teachers.")]
-
-    def student_state_dict(self) -> dict:
-        return self.student.state_dict()
-
-    def prepare(self, loader) -> None:
-        pass
-
-    def epoch_diagnostics(self) -> dict:
-        return {}
-
     @torch.no_grad()
-    def teacher_forward(self, batch_inputs: dict) -> dict:
+    def teacher_forward(self, batch_inputs: dict, names=None, features: bool = True) -> dict:
         self.teacher_calls += 1
         out = {}
         for name, t in self.teachers.items():
@@ -119,7 +104,7 @@ class ToyDistiller(nn.Module):
             out[name] = {"logits": logits, "features": t.features}
         return out
 
-    def forward(self, batch_inputs: dict, target: torch.Tensor, teacher_outputs: dict | None = None) -> Out:
+    def forward(self, batch_inputs: dict, target: torch.Tensor, teacher_outputs: dict | None = None) -> StepOutput:
         logits = self.student(batch_inputs["student"])
         losses = {"ce": F.cross_entropy(logits.float(), target)}
         if len(self.teachers):
@@ -130,15 +115,15 @@ class ToyDistiller(nn.Module):
             q = F.softmax(t_logits / self.tau, dim=1)
             losses["kd"] = F.kl_div(p, q, reduction="batchmean") * self.tau**2
             losses["feat"] = F.mse_loss(self.proj(self.student.features).float(), t_feat)
-        return Out(logits, losses, sum(losses.values()))
+        return StepOutput(logits, losses, sum(losses.values()))
 
 
-def toy_distiller(teachers: bool = False, seed: int = 0, dropout: float = 0.0) -> ToyDistiller:
+def toy_distiller(teachers: bool = False, seed: int = 0, dropout: float = 0.0, cache_views: int = 0) -> ToyDistiller:
     torch.manual_seed(1000)  # teachers: fixed "pretrained" weights whatever the student seed
     tmap = {"cnn": ToyNet(width=8), "vit": ToyNet(width=8)} if teachers else None
     torch.manual_seed(seed)
     student = ToyNet(dropout=dropout)
-    return ToyDistiller(student, tmap)
+    return ToyDistiller(student, tmap, cache_views=cache_views)
 
 
 def fast_cfg(**kw) -> TrainConfig:
@@ -152,21 +137,21 @@ def weights(distiller: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def make_job(config_path: str, args):
-    """Factory for ``python -m dtkd.engine.launch --factory engine_helpers:make_job``."""
-    from dtkd.engine.launch import Job
+    """Factory for ``python -m dtkd.launch --factory engine_helpers:make_job``."""
+    from dtkd.assemble import Job
 
     spec = yaml.safe_load(open(config_path))
     distiller = toy_distiller(teachers=spec.get("teachers", False), seed=spec.get("model_seed", 0),
-                              dropout=spec.get("dropout", 0.0))
+                              dropout=spec.get("dropout", 0.0), cache_views=spec.get("cache_views", 0))
     views = ("student", "cnn", "vit") if spec.get("teachers") else ("student",)
     callbacks = []
     if "kill_at_step" in spec:
         callbacks.append(KillAt(spec["kill_at_step"]))
     return Job(
-        distiller=distiller,
+        module=distiller,
         train=ToyClips(spec.get("n", 24), views=views, nan_indices=spec.get("nan_indices", ())),
         val=ToyClips(spec.get("n_val", 9), train=False, seed=1),
-        cfg=TrainConfig(**spec["train"]),
+        train_cfg=TrainConfig(**spec["train"]),
         callbacks=callbacks,
     )
 

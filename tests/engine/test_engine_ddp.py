@@ -29,7 +29,7 @@ def _run(out: Path, nproc: int, spec: dict) -> dict:
     cfg = out.with_suffix(".yaml")
     cfg.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), os.getcwd()])}
-    launch = ["-m", "dtkd.engine.launch", "--factory", "engine_helpers:make_job", "--config", str(cfg),
+    launch = ["-m", "dtkd.launch", "--factory", "engine_helpers:make_job", "--config", str(cfg),
               "--out", str(out), "--device", "cpu", "--no-progress"]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *launch]

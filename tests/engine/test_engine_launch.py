@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 
-from dtkd.engine.launch import parse_args, teacher_weights
+from dtkd.launch import parse_args, teacher_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dtkd.engine.launch", "--no-progress", "--device", "cpu", *args],
+    return subprocess.run([sys.executable, "-m", "dtkd.launch", "--no-progress", "--device", "cpu", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -41,7 +41,7 @@ def test_teacher_then_cached_distillation_from_a_real_config(tmp_path):
     raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     cfg = raw["parameters"]["config"]
     cfg["data"]["root"] = str(tmp_path / "data")
-    cfg["distill_training"]["teacher_cache_views"] = 2
+    cfg["distill"]["teacher_cache_views"] = 2
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
 

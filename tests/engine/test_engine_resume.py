@@ -84,7 +84,7 @@ def _launch(out: Path, spec: dict, tmp: Path) -> subprocess.CompletedProcess:
     cfg = tmp / f"{out.name}.yaml"
     cfg.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), os.getcwd()])}
-    cmd = [sys.executable, "-m", "dtkd.engine.launch", "--factory", "engine_helpers:make_job",
+    cmd = [sys.executable, "-m", "dtkd.launch", "--factory", "engine_helpers:make_job",
            "--config", str(cfg), "--out", str(out), "--no-progress"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 

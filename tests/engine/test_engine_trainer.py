@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from engine_helpers import ToyClips, fast_cfg, toy_distiller, weights
+from engine_helpers import ToyClips, ToyDistiller, ToyNet, fast_cfg, toy_distiller, weights
 
 from dtkd.engine import History, NonFiniteLossError, Trainer
 from dtkd.engine.checkpoint import CheckpointManager
@@ -172,37 +172,56 @@ def test_compile_option_compiles_the_training_module(monkeypatch):
 
 
 def test_a_cache_built_for_other_clips_is_refused(tmp_path):
-    from dtkd.engine import TeacherCache
+    from dtkd.distill import TeacherCache
     from dtkd.engine.sampling import SeededViews
 
     d = toy_distiller(teachers=True)
-    cache = TeacherCache.build(d, SeededViews(ToyClips(8, views=("student", "cnn", "vit")), seed=1), tmp_path, num_views=1)
+    d.teacher_cache = TeacherCache.build(d, SeededViews(ToyClips(8, views=("student", "cnn", "vit")), seed=1), tmp_path,
+                                         num_views=1)
     with pytest.raises(ValueError, match="would not see the cached views"):
-        Trainer(d, fast_cfg(epochs=1, seed=0), teacher_cache=cache, progress=False).fit(ToyClips(8))
+        Trainer(d, fast_cfg(epochs=1, seed=0), progress=False).fit(ToyClips(8, views=("student", "cnn", "vit")))
 
 
-class _PreparingDistiller:
-    """Wraps a toy distiller so that it asks for a phi-style fit and records what the fit saw."""
+class _Preparing(ToyDistiller):
+    """A toy distiller that asks for a phi-style fit and records what the fit saw."""
 
-    def __init__(self, d, views: int) -> None:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.seen: list[tuple[int, int]] = []
-        d.needs_prepare, d.prepare_views = True, views
+        self.fitted = False
 
-        def prepare(loader):
-            for batch in loader:
-                self.seen += list(zip(batch["index"].tolist(), batch["view_id"].tolist()))
-            d.needs_prepare = False
+    @property
+    def needs_prepare(self) -> bool:
+        return not self.fitted
 
-        d.prepare = prepare
-        self.distiller = d
+    def prepare(self, loader, max_batches=None) -> dict:
+        for batch in loader:
+            self.seen += list(zip(batch["index"].tolist(), batch["view_id"].tolist()))
+            assert (batch.get("teacher_outputs") is not None) == (self.cfg.teacher_cache_views > 0)
+        self.fitted = True
+        return {}
 
 
 @pytest.mark.parametrize("views, cache_views, expected", [(1, 0, 1), (3, 0, 3), (3, 2, 2)])
 def test_prepare_sees_every_clip_on_the_first_views(views, cache_views, expected, tmp_path):
     # The closed-form phi fit must not see only epoch 0's views (it would fit their residual
     # away by chance); with cached teachers it can only use the views the cache holds.
-    rec = _PreparingDistiller(toy_distiller(teachers=bool(cache_views)), views)
-    cfg = fast_cfg(epochs=1, teacher_cache_views=cache_views)
+    torch.manual_seed(1000)
+    teachers = {"cnn": ToyNet(width=8), "vit": ToyNet(width=8)} if cache_views else None
+    d = _Preparing(ToyNet(), teachers, cache_views=cache_views, prepare_views=views)
     clips = ToyClips(10, views=("student", "cnn", "vit") if cache_views else ("student",))
-    Trainer(rec.distiller, cfg, progress=False, cache_dir=tmp_path / "cache" if cache_views else None).fit(clips)
-    assert sorted(rec.seen) == [(i, v) for i in range(10) for v in range(expected)]
+    Trainer(d, fast_cfg(epochs=1), progress=False, checkpoint_dir=tmp_path).fit(clips)
+    assert sorted(d.seen) == [(i, v) for i in range(10) for v in range(expected)]
+
+
+def test_a_resumed_run_does_not_fit_again(tmp_path):
+    d = _Preparing(ToyNet())
+    Trainer(d, fast_cfg(epochs=1), progress=False, checkpoint_dir=tmp_path).fit(ToyClips(8))
+    again = _Preparing(ToyNet())
+    Trainer(again, fast_cfg(epochs=2), progress=False, checkpoint_dir=tmp_path).fit(ToyClips(8))
+    assert d.seen and not again.seen  # its state came from the checkpoint
+
+
+def test_the_trainer_trains_only_a_training_module():
+    with pytest.raises(TypeError, match="TrainingModule"):
+        Trainer(ToyNet(), fast_cfg())

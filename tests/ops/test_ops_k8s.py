@@ -75,8 +75,8 @@ def test_pytorchjob_structure_and_pod_templates():
         (container,) = template["spec"]["containers"]
         assert container["name"] == "pytorch", "the training operator only wires a container named 'pytorch'"
         cmd = container["command"] + container["args"]
-        assert cmd[:3] == ["torchrun", "-m", "dtkd.engine.launch"]
-        assert importlib.util.find_spec("dtkd.engine.launch") is not None
+        assert cmd[:3] == ["torchrun", "-m", "dtkd.launch"]
+        assert importlib.util.find_spec("dtkd.launch") is not None
         assert cmd[cmd.index("--stage") + 1] == "distill"
         outs.add(cmd[cmd.index("--out") + 1])
         res = container["resources"]

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtkd import workflows
+from dtkd.assemble import build_job, build_model
 from dtkd.config import load_config
+from dtkd.data import prepare_manifest
 from dtkd.data.synthetic import generate_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,26 +29,24 @@ def test_paper_scale_config_runs_one_distillation_step(tmp_path):
     cfg.data.num_workers = 0
     for ref in (cfg.models.student, cfg.models.cnn_teacher, cfg.models.vit_teacher):
         ref.pretrained = None  # the official checkpoints need a network; tests run offline
-    train = cfg.distill_training.model_copy(
-        update={"epochs": 1, "batch_size": 2, "num_workers": 0, "val_every": 0, "teacher_cache_views": 0, "amp": "off"}
-    )
-    manifest = workflows.load_manifest(cfg.data)
+    stage = cfg.distill_stage()
+    stage.train = stage.train.model_copy(update={"epochs": 1, "batch_size": 2, "num_workers": 0, "val_every": 0, "amp": "off"})
+    stage.distill = stage.distill.model_copy(update={"teacher_cache_views": 0})
+    manifest = prepare_manifest(cfg.data)
     assert cfg.data.dataset == "hmdb51" and set(manifest["split"]) == {"train", "test"}
 
-    teachers = {}
-    for role, ref in (("cnn", cfg.models.cnn_teacher), ("vit", cfg.models.vit_teacher)):
-        teachers[role] = (workflows.build_model(ref, 2).model.eval(), ref)
-    before = {k: v.clone() for k, v in teachers["cnn"][0].state_dict().items()}
+    teachers = {role: build_model(cfg.teacher_ref(role), 2).eval() for role in ("cnn", "vit")}
+    before = {k: v.clone() for k, v in teachers["cnn"].state_dict().items()}
 
-    student, result, _ = workflows.distill_student(
-        manifest, cfg.models.student, teachers, cfg.distill, train, cfg.data, device=torch.device("cpu")
-    )
+    job = build_job(stage, manifest, teachers=teachers)
+    result = job.fit(device=torch.device("cpu"))
+    student = job.model
     last = result.history[-1]
     assert result.nonfinite_skipped == 0
     for term in ("ce", "sr", "sd", "rkd"):
         assert torch.isfinite(torch.tensor(last[f"train_loss/{term}"])), term
     # The step trained only the student: frozen teachers are bit-identical afterwards.
-    assert all(torch.equal(before[k], v) for k, v in teachers["cnn"][0].state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in teachers["cnn"].state_dict().items())
     # The saved student is a plain X3D-S: no SDB/projection parameters.
-    plain = workflows.build_model(cfg.models.student, 2).model
+    plain = build_model(cfg.models.student, 2)
     assert student.state_dict().keys() == plain.state_dict().keys()

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dtkd.config import validate_config
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +28,7 @@ QUERY = r"""
 import json
 import mlflow
 from zenml.client import Client
-from pipelines.stack import tracking_uri
+from dtkd_ops.home import tracking_uri
 
 client = Client()
 out = {"runs": []}
@@ -88,8 +90,9 @@ class Home:
         gate = yaml.safe_load((REPO / "configs" / "gate.yaml").read_text())
         gate["max_latency_ms"] = 600000.0
         (root / "gate.yaml").write_text(yaml.safe_dump(gate))
-        dtkd_cfg["registry"]["gate_config"] = str(root / "gate.yaml")
-        self.synthetic = dtkd_cfg["data"]["synthetic"]
+        dtkd_cfg.setdefault("registry", {})["gate_config"] = str(root / "gate.yaml")
+        # Every generator knob, the library defaults the config does not restate included.
+        self.synthetic = validate_config(dtkd_cfg).data.synthetic.model_dump()
         self.config = root / "tiny.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
 
@@ -215,4 +218,4 @@ def test_schedule_overlay_without_cron_is_refused(tmp_path):
         merged_schedule_config(str(REPO / "configs" / "default.yaml"), str(tmp_path / "s.yaml"))
     merged = merged_schedule_config(str(REPO / "configs" / "default.yaml"), str(REPO / "configs" / "retrain-schedule.yaml"))
     assert merged["schedule"]["cron_expression"] == "0 3 * * 1"
-    assert merged["parameters"]["config"]["distill"]["method"] == "dtkd"
+    assert merged["parameters"]["config"]["models"]["student"]["name"] == "x3d_tiny"

@@ -65,11 +65,12 @@ def dkd_loss(
 
 
 class DKDLoss(nn.Module):
-    """DKD with the authors' linear warm-up: min((epoch + 1) / warmup_epochs, 1) * DKD.
+    """DKD and the authors' linear warm-up factor min((epoch + 1) / warmup_epochs, 1).
 
-    ``epoch`` is 0-based (the first epoch is 0 and already gets 1 / warmup_epochs), matching
-    the authors' 1-based ``epoch / warmup``. ``epoch=None`` means "unknown" and disables the
-    warm-up (factor 1).
+    ``forward`` is the unwarmed DKD; ``warmup_factor(epoch)`` is the weight a distiller puts on it
+    (the DKD distiller logs the unwarmed value and weights it by the factor). ``epoch`` is 0-based
+    (the first epoch is 0 and already gets 1 / warmup_epochs), matching the authors' 1-based
+    ``epoch / warmup``. ``epoch=None`` means "unknown" and disables the warm-up (factor 1).
     """
 
     def __init__(
@@ -83,11 +84,8 @@ class DKDLoss(nn.Module):
             return 1.0
         return min((epoch + 1) / self.warmup_epochs, 1.0)
 
-    def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, epoch: int | None = None
-    ) -> Tensor:
-        loss = dkd_loss(student_logits, teacher_logits, target, self.alpha, self.beta, self.tau)
-        return self.warmup_factor(epoch) * loss
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+        return dkd_loss(student_logits, teacher_logits, target, self.alpha, self.beta, self.tau)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, tau={self.tau}, warmup_epochs={self.warmup_epochs}"
