@@ -65,14 +65,19 @@ class PoolClips(Dataset):
         gen = lambda v: torch.Generator().manual_seed(derive_seed(seed, zlib.crc32(v.encode())))  # noqa: E731
         self.pool = {v: torch.randn(pool, 3, t, s, s, generator=gen(v)) for v, (t, s) in shapes.items()}
         self.size = pool
+        self.key = f"pool:{n}:{pool}:{seed}:{sorted(shapes.items())}"
 
     def __len__(self) -> int:
         return self.n
 
+    def content_key(self) -> str:
+        return self.key
+
     def with_views(self, names) -> "PoolClips":
         """The same items with only the views ``names`` (what a cached-teacher run renders)."""
         subset = PoolClips.__new__(PoolClips)
-        subset.n, subset.size, subset.pool = self.n, self.size, {v: self.pool[v] for v in names}
+        subset.n, subset.size, subset.key = self.n, self.size, self.key
+        subset.pool = {v: self.pool[v] for v in names}
         return subset
 
     def __getitem__(self, i: int) -> dict:
@@ -194,9 +199,10 @@ def main(argv=None) -> dict:
     batch = args.batch or (largest_batch(distillers["dtkd_online"], shapes, device) if on_gpu else 4)
     n = batch * (steps + 1)
     full = PoolClips(n, shapes, pool=batch)
-    # Each configuration loads only the views it uses, as a real run would render only those.
+    # Each configuration loads only the views it uses, as a real run would render only those; the
+    # cached one is given every view, as in a run, and its plan renders the student's alone.
     needs = {"ce": (STUDENT_VIEW,), "kd_online": (STUDENT_VIEW, "vit"), "dtkd_online": (STUDENT_VIEW, "cnn", "vit"),
-             "dtkd_cached": (STUDENT_VIEW,)}
+             "dtkd_cached": (STUDENT_VIEW, "cnn", "vit")}
     data = {k: PoolClips(n, {v: shapes[v] for v in views}, pool=batch) for k, views in needs.items()}
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, milestones=[], log_every=1, grad_clip=10.0,
                       amp="auto", seed=0, num_workers=0)

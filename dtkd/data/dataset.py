@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from typing import Any, Iterable, Mapping
 
@@ -12,7 +14,7 @@ from torch.utils.data import Dataset
 
 from dtkd.data.sampling import (eval_boxes, frame_indices, random_resized_box, random_window,
                                 uniform_windows)
-from dtkd.data.store import ClipStore
+from dtkd.data.store import ClipStore, file_sha256
 from dtkd.data.transforms import render_view
 from dtkd.data.video import read_frames
 from dtkd.data.views import ViewSpec
@@ -120,6 +122,20 @@ class ClipDataset(Dataset):
         subset = copy.copy(self)
         subset._rendered = names
         return subset
+
+    def content_key(self) -> str:
+        """A digest of everything an item depends on but its (epoch, index) key: the clips (id,
+        label, frame count, and the bytes they are read from: the clip store's fingerprint, or
+        every file's SHA-256), every view (rendered or not), the split and the augmentation
+        knobs. Equal keys mean equal items; a teacher cache is keyed on it."""
+        if self.store is not None:
+            source = ["store", self.store.fingerprint]
+        else:
+            source = ["files", [file_sha256(p) for p in self._paths]]
+        payload = [self.split, list(zip(self._ids, self._labels, self._frames)), source,
+                   {k: v.model_dump(mode="json") for k, v in self.views.items()}, self.train, self.num_clips,
+                   self.num_crops, self.seed, list(self.train_scale), self.flip, self.backend]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
 
     @property
     def rendered_views(self) -> tuple[str, ...]:

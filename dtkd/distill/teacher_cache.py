@@ -37,7 +37,7 @@ from dtkd.engine.contract import RunContext, TrainPlan
 from dtkd.engine.sampling import SeededViews, ViewKey
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: keyed on the dataset content and the output shapes
 
 
 def teacher_fingerprint(distiller: nn.Module) -> str:
@@ -68,6 +68,12 @@ class TeacherCache:
             t: {f: np.load(self.dir / f"{t}.{f}.npy", mmap_mode="r") for f in fields}
             for t, fields in self.meta["teachers"].items()
         }
+        for t, fields in self.meta["teachers"].items():
+            for f, shape in fields.items():
+                expected = (self.num_items, self.num_views, *shape)
+                if self.arrays[t][f].shape != expected:
+                    raise ValueError(f"{self.dir / f'{t}.{f}.npy'}: shape {self.arrays[t][f].shape}, meta.json says "
+                                     f"{expected}: a damaged teacher cache; delete {self.dir} to rebuild it")
 
     @property
     def teachers(self) -> list[str]:
@@ -107,13 +113,14 @@ class TeacherCache:
         collate_fn=None,
         channels_last: bool = False,
         progress: bool = False,
-        key: str = "",
     ) -> "TeacherCache":
         """Compute (or reuse) the cache for ``dataset``'s clips x ``num_views`` views.
 
-        Reused when ``directory`` already holds a finished cache with the same clips count,
-        views, seed, teacher weights and ``key`` (pass e.g. a manifest hash). Under DDP
-        every rank computes its share of the keys into the same memory-mapped files.
+        Reused only when ``directory`` holds a finished cache of the same content: the same
+        ``dataset.content_key()`` (the clips' ids, labels and bytes, every view, the augmentation
+        knobs, the view seed), views per clip, teacher weights, and per-clip output shapes;
+        otherwise it is rebuilt, and the log says what changed. Under DDP every rank computes its
+        share of the keys into the same memory-mapped files.
         """
         if not isinstance(dataset, SeededViews):
             raise TypeError("build the cache from a SeededViews dataset so that views are reproducible")
@@ -121,14 +128,17 @@ class TeacherCache:
             raise ValueError("num_views must be >= 1")
         directory = Path(directory)
         info = D.current()
+        shapes = _probe_shapes(distiller, dataset, device, amp_dtype, channels_last)
         want = {"format": FORMAT, "num_items": len(dataset), "num_views": num_views, "seed": dataset.seed,
-                "teacher_weights": teacher_fingerprint(distiller), "key": key}
+                "content": dataset.content_key(), "teacher_weights": teacher_fingerprint(distiller),
+                "teachers": {t: {f: list(s) for f, s in fs.items()} for t, fs in shapes.items()}}
         if (directory / "meta.json").exists():
             old = json.loads((directory / "meta.json").read_text())
-            if {k: old.get(k) for k in want} == want:
+            changed = sorted(k for k in want if old.get(k) != want[k])
+            if not changed:
                 log.info("reusing teacher cache %s", directory)
                 return cls(directory)
-            log.info("teacher cache %s is stale; rebuilding", directory)
+            log.info("teacher cache %s is stale (%s changed); rebuilding", directory, ", ".join(changed))
         D.barrier()  # every rank has read the old meta before rank 0 removes it
         if info.is_main:
             directory.mkdir(parents=True, exist_ok=True)
@@ -138,7 +148,6 @@ class TeacherCache:
         mine = keys[info.rank :: info.world_size]
         loader = DataLoader(dataset, batch_size=batch_size, sampler=mine, num_workers=num_workers,
                             collate_fn=collate_fn, pin_memory=torch.device(device).type == "cuda")
-        shapes = _probe_shapes(distiller, dataset, device, amp_dtype, channels_last)
         tmp = {t: {f: directory / f".{t}.{f}.npy.tmp" for f in fields} for t, fields in shapes.items()}
         if info.is_main:
             for t, fields in shapes.items():
@@ -165,7 +174,7 @@ class TeacherCache:
             for t, fields in tmp.items():
                 for f, p in fields.items():
                     os.replace(p, directory / f"{t}.{f}.npy")
-            meta = {**want, "teachers": {t: {f: list(s) for f, s in fs.items()} for t, fs in shapes.items()}}
+            meta = dict(want)
             part = directory / ".meta.json.tmp"
             part.write_text(json.dumps(meta, indent=1))
             os.replace(part, directory / "meta.json")
@@ -222,6 +231,9 @@ def cached_plan(module: nn.Module, data: SeededViews, ctx: RunContext, num_views
             f"the teacher cache was built for {cache.num_items} clips with view seed {cache.seed}, this run has "
             f"{len(data)} clips with seed {data.seed}: the student would not see the cached views"
         )
+    if cache.meta.get("content") != data.content_key():
+        raise ValueError(f"the teacher cache {cache.dir} was built on other clips or views (content key "
+                         f"{cache.meta.get('content')}, this run's {data.content_key()}): it is stale; rebuild it")
 
     def extras(batch) -> dict:
         return {"teacher_outputs": cache.lookup(batch["index"], batch["view_id"], device=ctx.device)}

@@ -78,6 +78,13 @@ class SeededViews(Dataset):
                             f"with_views(names) method (see dtkd.data.ClipDataset.with_views)")
         return SeededViews(select(names), self.seed)
 
+    def content_key(self) -> str:
+        """What every item depends on: the base dataset's ``content_key()`` (its clips, views and
+        augmentation; ``dtkd.data.ClipDataset`` has one) and the view seed."""
+        import hashlib
+
+        return hashlib.sha256(f"{self.base.content_key()}:{self.seed}".encode()).hexdigest()[:24]
+
     def __getitem__(self, key: Any) -> dict:
         index, view_id = (int(key), 0) if isinstance(key, (int, np.integer)) else (int(key[0]), int(key[1]))
         s = derive_seed(self.seed, index, view_id)

@@ -2,6 +2,8 @@
 temporal window and crop box; test items carry num_clips x num_crops views in order."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,3 +160,33 @@ def test_missing_video_at_read_time_names_the_file(manifest, tmp_path):
     ds = ClipDataset(gone, "train", VIEWS, train=True)
     with pytest.raises(Exception, match="deleted.avi: file not found"):
         ds[0]
+
+
+def test_a_subset_of_views_renders_exactly_those_views_of_the_same_window(manifest):
+    ds = ClipDataset(manifest, "train", VIEWS, train=True, seed=3)
+    ds.set_epoch(1)
+    student = ds.with_views(["student"])
+    student.set_epoch(1)
+    full, alone = ds[1], student[1]
+    assert set(alone["inputs"]) == {"student"}
+    assert torch.equal(full["inputs"]["student"], alone["inputs"]["student"])
+    with pytest.raises(ValueError, match="non-empty subset"):
+        ds.with_views(["nope"])
+
+
+def test_the_content_key_follows_the_bytes_views_and_knobs(manifest, tmp_path):
+    import shutil
+
+    rows = manifest[manifest["split"] == "train"].head(2).copy()
+    paths = []
+    for i, src in enumerate(rows["path"]):
+        paths.append(str(shutil.copy(src, tmp_path / f"v{i}{Path(src).suffix}")))
+    rows["path"] = paths
+    key = ClipDataset(rows, "train", VIEWS, train=True).content_key()
+    assert ClipDataset(rows, "train", VIEWS, train=True).content_key() == key  # deterministic
+    assert ClipDataset(rows, "train", VIEWS, train=True).with_views(["student"]).content_key() == key
+    assert ClipDataset(rows, "train", VIEWS, train=True, seed=1).content_key() != key
+    assert ClipDataset(rows, "train", VIEWS, train=True, train_scale=(0.5, 1.0)).content_key() != key
+    assert ClipDataset(rows, "train", {"student": VIEWS["student"]}, train=True).content_key() != key
+    write_index_video(Path(paths[0]), frames=24, height=48, width=64)  # same name, other bytes
+    assert ClipDataset(rows, "train", VIEWS, train=True).content_key() != key

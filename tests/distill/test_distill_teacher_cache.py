@@ -52,13 +52,45 @@ def test_cache_is_reused_and_rebuilt_when_the_teachers_change(tmp_path):
     TeacherCache.build(d, views, tmp_path, num_views=2, batch_size=4)
     calls = d.teacher_calls
     TeacherCache.build(d, views, tmp_path, num_views=2, batch_size=4)
-    assert d.teacher_calls == calls  # reused: no teacher ran
+    assert d.teacher_calls == calls + 1  # reused: only the one-item shape probe ran
     with torch.no_grad():
         d.teachers["cnn"].head.bias.add_(1.0)
     rebuilt = TeacherCache.build(d, views, tmp_path, num_views=2, batch_size=4)
     assert d.teacher_calls > calls
     assert json.loads((tmp_path / "meta.json").read_text())["teacher_weights"] == rebuilt.meta["teacher_weights"]
     assert not list(tmp_path.glob(".*.tmp"))  # temp files were renamed into place
+
+
+def test_a_cache_of_other_clip_contents_is_rebuilt_not_reused(tmp_path):
+    # Same clip count, views, seed and teachers; only the videos' contents differ. The cache used
+    # to be keyed on the count alone and was reused, stale.
+    d = toy_distiller(teachers=True)
+    old = TeacherCache.build(d, SeededViews(ToyClips(6, views=("student", "cnn", "vit"), seed=0)), tmp_path, num_views=1)
+    before = np.array(old.arrays["cnn"]["logits"])
+    calls = d.teacher_calls
+    new = TeacherCache.build(d, SeededViews(ToyClips(6, views=("student", "cnn", "vit"), seed=5)), tmp_path, num_views=1)
+    assert d.teacher_calls > calls + 1  # rebuilt: every clip went through the teachers again
+    assert not np.allclose(np.array(new.arrays["cnn"]["logits"]), before)
+
+
+def test_a_given_cache_of_other_contents_is_refused(tmp_path):
+    from dtkd.engine import Trainer
+
+    d = toy_distiller(teachers=True)
+    d.teacher_cache = TeacherCache.build(d, SeededViews(ToyClips(8, views=("student", "cnn", "vit"), seed=3)), tmp_path,
+                                         num_views=1)
+    with pytest.raises(ValueError, match="built on other clips or views.*stale"):
+        Trainer(d, fast_cfg(epochs=1), progress=False).fit(ToyClips(8, views=("student", "cnn", "vit"), seed=4))
+
+
+def test_a_misshapen_cache_is_refused_naming_the_file(tmp_path):
+    d = toy_distiller(teachers=True)
+    TeacherCache.build(d, SeededViews(ToyClips(4, views=("student", "cnn", "vit"))), tmp_path, num_views=2)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["num_views"] = 3  # the arrays hold 2 views per clip
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"cnn\.logits\.npy: shape \(4, 2, 3\), meta.json says \(4, 3, 3\): a damaged"):
+        TeacherCache(tmp_path)
 
 
 def test_lookup_outside_the_cache_is_a_clear_error(tmp_path):

@@ -36,6 +36,7 @@ class ToyClips(Dataset):
         noise = torch.randn(n, 3, 6, 10, 10, generator=torch.Generator().manual_seed(seed))
         self.base = patterns[self.labels] + 0.5 * noise  # class patterns shared by all splits
         self.views, self.train, self.nan = tuple(views), train, set(nan_indices)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,6 +55,9 @@ class ToyClips(Dataset):
         if index in self.nan:
             clip.fill_(float("nan"))
         return {"inputs": {v: clip for v in self.views}, "label": int(self.labels[index]), "index": index}
+
+    def content_key(self) -> str:
+        return f"toy:{len(self)}:{self.seed}:{self.train}:{sorted(self.nan)}"
 
     def with_views(self, names) -> "ToyClips":
         subset = copy.copy(self)
