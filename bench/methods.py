@@ -48,6 +48,18 @@ from dtkd.engine import TrainConfig  # noqa: E402
 TEACHER_ROLES = ("vit", "cnn")  # distill_student's roles, in the order the tables list them
 
 
+def cpu_model() -> str:
+    """The CPU's model name: float results differ between CPU models (and thread counts), so every
+    figure is recorded with both."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -220,7 +232,8 @@ def run_methods(config: DTKDConfig, *, methods: list[str] | None = None, ablatio
              "distill_epochs": distill_train.epochs,
              "teacher_epochs": teacher_epochs if teacher_epochs is not None else config.teacher_train_config("cnn").epochs,
              "seed": distill_train.seed,
-             "device": str(device), "torch_threads": torch.get_num_threads(), "data_root": str(config.data.root)}
+             "device": str(device), "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
+             "data_root": str(config.data.root)}
     log(f"setup: {setup}")
     cache_dir = Path(data_root) / "teachers" if (cache_teachers and data_root is not None) else None
     t0 = time.perf_counter()

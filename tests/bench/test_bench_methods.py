@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from bench_loader import load_bench
 
 from dtkd.config import validate_config
@@ -75,3 +76,19 @@ def test_data_dirs_follow_the_generator_knobs(tmp_path):
     a, b = bench.bench_data_config(cfg, tmp_path), bench.bench_data_config(other, tmp_path)
     assert a.data.root.parent == tmp_path and a.data.root != b.data.root
     assert bench.bench_data_config(cfg, tmp_path).data.root == a.data.root  # stable
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore:phi_CNN fitted")
+def test_a_cell_run_twice_gives_the_same_numbers_exactly(tmp_path):
+    # A run's numbers depend only on its config, seed and thread count (recorded with the CPU model).
+    bench = _bench()
+    runs = [bench.run_methods(_tiny_config(), methods=["dtkd"], data_root=tmp_path, device="cpu")
+            for _ in range(2)]
+    a, b = (r["rows"][0] for r in runs)
+    assert a["error"] is None, a.get("traceback")
+    for key in ("top1", "top5", "test_loss", "train_history", "val_top1_history", "per_class"):
+        assert a[key] == b[key], key
+    assert runs[0]["teachers"]["cnn"]["top1"] == runs[1]["teachers"]["cnn"]["top1"]
+    setup = runs[0]["setup"]
+    assert setup["torch_threads"] == torch.get_num_threads() and setup["cpu"]
