@@ -231,11 +231,16 @@ class Distiller(TrainingModule):
 
     def setup(self, data: SeededViews, ctx: RunContext) -> TrainPlan:
         """Before the first step: the teacher cache when one is given or configured (then only the
-        student's view is rendered for training), and the one-off ``prepare`` fit on a fresh run
-        (a resumed run's checkpoint holds what it fitted)."""
+        student's view is rendered for training; a method without teachers still draws the same
+        ``teacher_cache_views`` fixed views per clip), and the one-off ``prepare`` fit on a fresh
+        run (a resumed run's checkpoint holds what it fitted)."""
         plan = TrainPlan(data)
         if self.active_teachers and (self.teacher_cache is not None or self.cfg.teacher_cache_views):
             plan = cached_plan(self, data, ctx, self.cfg.teacher_cache_views, cache=self.teacher_cache)
+        elif self.cfg.teacher_cache_views:
+            # No teacher to cache (the CE baseline of a comparison): the same N fixed views per clip
+            # as every cached row, so that the rows differ in the loss and nothing else.
+            plan = TrainPlan(data, num_views=self.cfg.teacher_cache_views)
         if self.needs_prepare and not ctx.resumed:
             try:
                 log.info("distiller.prepare: %s", self.prepare(self._prepare_batches(plan, ctx)))

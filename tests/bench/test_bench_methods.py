@@ -34,8 +34,13 @@ def test_ablation_list_covers_every_variant_once():
     from dtkd.distill import DistillConfig
 
     names = [n for n, _ in bench.ablation_variants(DistillConfig())]
-    assert names == ["dtkd weighting=uniform", "dtkd weighting=confidence", "dtkd weighting=discrepancy",
-                     "dtkd sdb=nl", "dtkd sdb=se", "dtkd use_sr=off", "dtkd use_sd=off", "dtkd use_rkd=off"]
+    # Table 5 with the SDB off, as the paper runs it; Table 6's SDB variants; each other term off.
+    assert names == ["dtkd weighting=uniform sd=off", "dtkd weighting=confidence sd=off",
+                     "dtkd weighting=discrepancy sd=off", "dtkd weighting=datw sd=off",
+                     "dtkd sdb=nl", "dtkd sdb=se", "dtkd use_sr=off", "dtkd use_rkd=off"]
+    table5 = [DistillConfig.model_validate(d) for n, d in bench.runs_to_do(DistillConfig(), [], ablations=True)
+              if n.startswith("dtkd weighting=")]
+    assert len(table5) == 4 and not any(c.use_sd for c in table5)
     for _, data in bench.runs_to_do(DistillConfig(), ["kd"], ablations=True):
         DistillConfig.model_validate(data)  # every row is a valid config
 

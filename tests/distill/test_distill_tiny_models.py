@@ -89,12 +89,23 @@ class _Clips(torch.utils.data.Dataset):
         return {"inputs": {k: self.x[i] for k in ("student", "vit", "cnn")}, "label": i % N, "index": i}
 
 
-def test_a_method_without_teachers_ignores_the_teacher_cache(zoo, tmp_path):
+def test_a_method_without_teachers_caches_nothing_but_sees_the_same_views(zoo, tmp_path):
     # `none` given teachers (as bench/methods.py does for every row) with teacher_cache_views set:
-    # nothing to cache, so train CE-only instead of failing.
-    from dtkd.engine import Trainer, TrainConfig
+    # nothing to cache, so train CE-only instead of failing, on the same 2 fixed views per clip as
+    # the cached rows (one view regime for every row of a comparison).
+    from dtkd.engine import History, Trainer, TrainConfig
+    from dtkd.engine.sampling import SeededViews
 
     d = make(zoo, "none", teacher_cache_views=2)
-    result = Trainer(d, TrainConfig(epochs=1, batch_size=3), progress=False, checkpoint_dir=tmp_path).fit(_Clips(6))
+    seen = []
+
+    class Spy(SeededViews):
+        def __getitem__(self, key):
+            seen.append(tuple(key))
+            return super().__getitem__(key)
+
+    result = Trainer(d, TrainConfig(epochs=3, batch_size=3), progress=False, checkpoint_dir=tmp_path,
+                     callbacks=[History()]).fit(Spy(_Clips(6)))
     assert not (tmp_path / "teacher_cache").exists()
     assert set(k for k in result.history[0] if k.startswith("train_loss/")) == {"train_loss/ce"}
+    assert {v for _, v in seen} == {0, 1}  # 3 epochs, yet only views 0 and 1 of each clip
