@@ -60,8 +60,11 @@ def clip_dataset(manifest: pd.DataFrame, split: str, views: Mapping[str, ViewSpe
 
 
 def eval_loader(dataset: ClipDataset, *, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """In order, every clip once (the Trainer draws training batches with its own sampler)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    """In order, every clip once (the Trainer draws training batches with its own sampler). It has
+    a generator of its own: starting an iteration then draws nothing from the global torch RNG,
+    which training (dropout) uses, so validating between epochs leaves training unchanged."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def test_loader(manifest: pd.DataFrame, view: ViewSpec, evaluation: EvalConfig | None = None,

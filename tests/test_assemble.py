@@ -83,3 +83,26 @@ def test_cached_teachers_train_on_the_student_view_alone(synthetic_manifest, mon
     assert len(cache_items) == 2 * n + 1
     steps = [r for r in rendered[len(cache_items):]]
     assert steps and set(steps) == {(STUDENT_VIEW,)}
+
+
+@pytest.mark.parametrize("generator", [True, False])
+def test_validating_between_epochs_leaves_training_unchanged(generator):
+    # Starting an iteration of a DataLoader without a generator draws from the global torch RNG,
+    # which dropout uses: a validation loader must not, or validating would change the training.
+    from engine_helpers import ToyClips, fast_cfg, toy_distiller, weights
+    from torch.utils.data import DataLoader
+
+    from dtkd.assemble import eval_loader
+    from dtkd.engine import Trainer
+
+    def loader():
+        val = ToyClips(6, train=False, seed=1)
+        return eval_loader(val, batch_size=3) if generator else DataLoader(val, batch_size=3)
+
+    runs = []
+    for val in (None, loader()):
+        d = toy_distiller(dropout=0.5)
+        Trainer(d, fast_cfg(epochs=2), progress=False).fit(ToyClips(8), val)
+        runs.append(weights(d))
+    same = all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert same is generator  # the plain loader shows the failure the generator prevents
