@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from dtkd.config import DTKDConfig, EvalConfig, ModelRef, RegistryConfig, TeacherConfig
-from dtkd.data.config import ClipsPerClass, DataConfig, StoreConfig, SyntheticConfig
+from dtkd.data.config import ClipsPerClass, DataConfig, StoreConfig, SyntheticConfig, ValSplitConfig
 from dtkd.distill.config import DistillConfig
 from dtkd.engine.config import TrainConfig
 
@@ -33,6 +33,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("data.synthetic", SyntheticConfig, "The embedded synthetic set's generator knobs."),
     ("data.synthetic.clips_per_class", ClipsPerClass, ""),
     ("data.store", StoreConfig, "The pre-decoded clip store."),
+    ("data.val", ValSplitConfig, "A validation split carved out of train (selection happens on it; test is only reported)."),
     ("models.student", ModelRef, "The student (required: `name`)."),
     ("models.cnn_teacher, models.vit_teacher", TeacherConfig, "The teachers (required: `name`)."),
     ("training", TrainConfig, "Training, shared by every stage (`teacher_training`, `distill_training`: what differs)."),

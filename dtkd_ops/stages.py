@@ -34,10 +34,12 @@ def data_config(config_path: str | Path):
 
 def cmd_manifest(args) -> int:
     from dtkd.data import build_manifest
+    from dtkd.data.manifest import carve_validation
 
     cfg = data_config(args.config)
     out = args.out or load_yaml_mapping(args.config).get("manifest", "data/manifest.parquet")
     manifest = build_manifest(cfg.dataset, cfg.root, split=cfg.split, on_error=cfg.on_bad_video)
+    manifest = carve_validation(manifest, cfg.val.fraction, seed=cfg.val.seed)  # as the pipeline's ingest does
     write_manifest(manifest, out)
     print(f"{out}: {len(manifest)} videos, {manifest['label'].nunique()} classes, "
           f"{manifest['split'].value_counts().to_dict()}")

@@ -106,3 +106,18 @@ def test_validating_between_epochs_leaves_training_unchanged(generator):
         runs.append(weights(d))
     same = all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert same is generator  # the plain loader shows the failure the generator prevents
+
+
+def test_a_job_validates_on_the_val_split_when_the_manifest_has_one(synthetic_manifest):
+    from dtkd.data.manifest import carve_validation
+
+    manifest = carve_validation(synthetic_manifest, 0.25, seed=0)
+    n_val = int((manifest["split"] == "val").sum())
+    assert n_val > 0
+    stage = TeacherStage(role="cnn", model=TeacherConfig(**REF.model_dump()), data=DataConfig(), evaluation=EvalConfig(),
+                         train=TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=1e-3))
+    job = build_job(stage, manifest)
+    assert job.val.dataset.split == "val" and job.test.dataset.split == "test"
+    assert len(job.train) == int((manifest["split"] == "train").sum())
+    result = job.fit(device=torch.device("cpu"), progress=False)
+    assert result.history[-1]["val_n"] == n_val

@@ -51,6 +51,16 @@ class StoreConfig(_Strict):
         return self
 
 
+class ValSplitConfig(_Strict):
+    """A validation split carved out of train (dtkd.data.manifest.carve_validation): what every
+    choice (epochs, learning rate, weights, the best checkpoint) is made on, so that test is only
+    reported. Recorded in the manifest's ``split`` column."""
+
+    fraction: float = Field(0.0, ge=0, lt=1, description="share of each class's train clips moved to `val` (0: none; "
+                            "the Trainer then validates on `test`)")
+    seed: int = Field(0, description="which clips move: ordered by sha256(seed, video_id)")
+
+
 class DataConfig(_Strict):
     dataset: str = "synthetic"
     root: Path = Path("data/synthetic")
@@ -65,6 +75,7 @@ class DataConfig(_Strict):
     # What build_manifest does with a missing/undecodable video: "flag" keeps it for the
     # quality gate to quarantine, "raise" stops, "skip" drops it with a warning.
     on_bad_video: Literal["raise", "flag", "skip"] = "flag"
+    val: ValSplitConfig = ValSplitConfig()
 
     @field_validator("dataset")
     @classmethod

@@ -85,6 +85,36 @@ def build_manifest(
     return df.drop(columns="_order").reset_index(drop=True)
 
 
+def carve_validation(manifest: pd.DataFrame, fraction: float, *, seed: int = 0) -> pd.DataFrame:
+    """Move ``fraction`` of each class's train clips to a ``val`` split, deterministically: a
+    class's train clips are ordered by sha256(seed, video_id) and the first round(fraction * n)
+    move (at least one when fraction > 0; at least one stays in train). The same manifest, fraction
+    and seed always give the same split, whatever order the rows come in. Rows keep the manifest's
+    order convention (split, then label, then video_id)."""
+    import hashlib
+
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return manifest
+    if (manifest["split"] == "val").any():
+        raise ValueError("the dataset already has a 'val' split; a carve-out from train would mix two "
+                         "validation sets (set data.val.fraction: 0)")
+    df = manifest.copy()
+    train = df[df["split"] == "train"]
+    moved = []
+    for label, rows in train.groupby("label", sort=True):
+        if len(rows) < 2:
+            raise ValueError(f"class {label!r} has {len(rows)} train clip(s): too few to carve a validation clip out")
+        ranked = sorted(rows.index, key=lambda i: hashlib.sha256(f"{seed}:{df.at[i, 'video_id']}".encode()).hexdigest())
+        k = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        moved += ranked[:k]
+    df.loc[moved, "split"] = "val"
+    order = df["split"].map(_SPLIT_ORDER)
+    df = df.assign(_order=order).sort_values(["_order", "label", "video_id"], kind="stable")
+    return df.drop(columns="_order").reset_index(drop=True)
+
+
 def manifest_fingerprint(manifest: pd.DataFrame, split: str | None = None) -> str:
     """Names the data a model saw or was tested on, independently of where the files lie:
     sha256 over the sorted (video_id, label, split) rows (of one split)."""

@@ -4,18 +4,19 @@ from __future__ import annotations
 import pandas as pd
 
 from dtkd.data.config import DataConfig
-from dtkd.data.manifest import build_manifest
+from dtkd.data.manifest import build_manifest, carve_validation
 from dtkd.data.store import ClipStore, build_store
 from dtkd.data.synthetic import generate_synthetic
 
 
 def prepare_manifest(cfg: DataConfig, *, workers: int = 1) -> pd.DataFrame:
     """Generate the synthetic set if configured (reused when present with the same knobs),
-    then build the manifest with ``cfg.on_bad_video`` deciding what bad videos do."""
+    then build the manifest with ``cfg.on_bad_video`` deciding what bad videos do, and carve the
+    validation split out of train (``cfg.val``) when the config asks for one."""
     if cfg.dataset == "synthetic":
         generate_synthetic(cfg.root, **cfg.synthetic.model_dump())
-    return build_manifest(cfg.dataset, cfg.root, split=cfg.split, on_error=cfg.on_bad_video,
-                          workers=workers)
+    manifest = build_manifest(cfg.dataset, cfg.root, split=cfg.split, on_error=cfg.on_bad_video, workers=workers)
+    return carve_validation(manifest, cfg.val.fraction, seed=cfg.val.seed)
 
 
 def prepare_store(cfg: DataConfig, manifest: pd.DataFrame) -> ClipStore | None:

@@ -190,3 +190,39 @@ def test_the_content_key_follows_the_bytes_views_and_knobs(manifest, tmp_path):
     assert ClipDataset(rows, "train", {"student": VIEWS["student"]}, train=True).content_key() != key
     write_index_video(Path(paths[0]), frames=24, height=48, width=64)  # same name, other bytes
     assert ClipDataset(rows, "train", VIEWS, train=True).content_key() != key
+
+
+def _labelled(n_per_class: int, classes=("a", "b")) -> pd.DataFrame:
+    rows = [dict(video_id=f"{c}{i}", path=f"/x/{c}{i}.avi", label=c, label_idx=k, split="train", frames=16, fps=8.0,
+                 width=32, height=32) for k, c in enumerate(classes) for i in range(n_per_class)]
+    rows.append(dict(video_id="t0", path="/x/t0.avi", label="a", label_idx=0, split="test", frames=16, fps=8.0,
+                     width=32, height=32))
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def test_validation_carve_out_is_stratified_deterministic_and_order_free():
+    from dtkd.data.manifest import carve_validation
+
+    df = _labelled(10)
+    out = carve_validation(df, 0.2, seed=0)
+    counts = out.groupby(["split", "label"]).size().to_dict()
+    assert counts == {("train", "a"): 8, ("train", "b"): 8, ("val", "a"): 2, ("val", "b"): 2, ("test", "a"): 1}
+    assert list(out["split"]) == ["train"] * 16 + ["val"] * 4 + ["test"]  # the manifest's row order
+    shuffled = carve_validation(df.sample(frac=1.0, random_state=3), 0.2, seed=0)
+    assert shuffled.equals(out)  # the rows' order does not choose the clips
+    other = carve_validation(df, 0.2, seed=1)
+    assert set(other[other.split == "val"].video_id) != set(out[out.split == "val"].video_id)
+    assert carve_validation(df, 0.0) is df
+    assert (carve_validation(_labelled(2), 0.9).groupby("split").size().to_dict()
+            == {"train": 2, "val": 2, "test": 1})  # at least one clip stays in train
+
+
+def test_validation_carve_out_refuses_what_it_cannot_do():
+    from dtkd.data.manifest import carve_validation
+
+    with pytest.raises(ValueError, match="class 'a' has 1 train clip"):
+        carve_validation(_labelled(1), 0.5)
+    with pytest.raises(ValueError, match="already has a 'val' split"):
+        carve_validation(carve_validation(_labelled(4), 0.5), 0.5)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        carve_validation(_labelled(4), 1.0)
