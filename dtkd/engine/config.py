@@ -46,6 +46,8 @@ class TrainConfig(BaseModel):
     max_nonfinite: int = Field(5, ge=1, description="consecutive skipped steps before the run stops")
     log_every: int = Field(10, ge=1, description="steps between on_step_end callbacks")
     val_every: int = Field(1, ge=0, description="epochs between validations; 0 = never")
+    keep_best: bool = Field(False, description="end on the weights of the epoch with the best validation top-1 "
+                            "(choose it on a `val` split: data.val), not the last epoch's")
 
     find_unused_parameters: bool = Field(False, description="DDP: set if some trainable params get no grad")
 

@@ -58,6 +58,7 @@ class _State:
     nonfinite_run: int = 0  # consecutive
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
+    best_state: dict | None = None  # the module's training state at the best epoch (cfg.keep_best)
     sums: dict[str, float] = field(default_factory=dict)  # global partial-epoch sums (resume)
 
 
@@ -207,6 +208,9 @@ class Trainer:
             self._run_epoch(epoch, run, st)
             metrics = self._end_epoch(epoch, run, st)
             dispatch(self.callbacks, "on_epoch_end", epoch, metrics)
+        if self.cfg.keep_best and st.best_state is not None:  # end on the epoch chosen on validation
+            self.distiller.load_training_state_dict(st.best_state)
+            log.info("kept the weights of epoch %d (val_top1 %.4f)", st.best["epoch"], st.best["val_top1"])
         final = st.history[-1] if st.history else {}
         result = TrainResult(st.history, final, st.nonfinite_total, st.best,
                              str(self.last_checkpoint) if self.last_checkpoint else None)
@@ -298,6 +302,8 @@ class Trainer:
             metrics.update(self.validate(run.val_loader))
             if st.best is None or metrics["val_top1"] > st.best["val_top1"]:
                 st.best = dict(metrics)
+                if self.cfg.keep_best:
+                    st.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.distiller.training_state_dict().items()}
         st.history.append(metrics)
         st.epoch, st.step_in_epoch, st.sums = epoch + 1, 0, {}
         if self.ckpt:
@@ -334,7 +340,7 @@ class Trainer:
             "format": 1,
             "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
             "nonfinite_total": st.nonfinite_total, "nonfinite_run": st.nonfinite_run,
-            "history": st.history, "best": st.best, "sums": st.sums,
+            "history": st.history, "best": st.best, "best_state": st.best_state, "sums": st.sums,
             "model": self.distiller.training_state_dict(), "optimizer": run.opt.state_dict(),
             "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(), "rng": rngs,
             "world_size": self.info.world_size, "steps_per_epoch": run.sampler.steps_per_epoch,
@@ -365,6 +371,7 @@ class Trainer:
         scaler.load_state_dict(ck["scaler"])
         for k in ("epoch", "step_in_epoch", "global_step", "nonfinite_total", "nonfinite_run", "history", "best", "sums"):
             setattr(st, k, ck[k])
+        st.best_state = ck.get("best_state")
         if len(ck["rng"]) == self.info.world_size:
             set_rng_state(ck["rng"][self.info.rank])
         else:  # a different world size: per-rank streams cannot be matched, reseed them

@@ -225,3 +225,39 @@ def test_a_resumed_run_does_not_fit_again(tmp_path):
 def test_the_trainer_trains_only_a_training_module():
     with pytest.raises(TypeError, match="TrainingModule"):
         Trainer(ToyNet(), fast_cfg())
+
+
+class _Snapshots:
+    """Callback: the student's weights and val_top1 at the end of every epoch."""
+
+    def __init__(self, distiller) -> None:
+        self.distiller, self.epochs = distiller, []
+
+    def on_epoch_end(self, epoch, metrics) -> None:
+        self.epochs.append((metrics["val_top1"], weights(self.distiller)))
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_keep_best_ends_on_the_epoch_chosen_on_validation(keep_best):
+    d = toy_distiller()
+    snaps = _Snapshots(d)
+    cfg = fast_cfg(epochs=4, lr=0.1, keep_best=keep_best)  # val_top1 per epoch: 1/3, 1/3, 5/9, 1/3
+    result = Trainer(d, cfg, progress=False, callbacks=[snaps]).fit(ToyClips(12), ToyClips(9, train=False, seed=1))
+    tops = [top for top, _ in snaps.epochs]
+    best = max(range(4), key=lambda e: (tops[e], -e))  # the first epoch with the highest val_top1
+    assert result.best["epoch"] == best == 2  # neither the first nor the last epoch
+    expected = snaps.epochs[best if keep_best else -1][1]
+    assert all(torch.equal(v, expected[k]) for k, v in weights(d).items())
+
+
+def test_keep_best_survives_a_resume(tmp_path):
+    def run(epochs, directory):
+        d = toy_distiller()
+        Trainer(d, fast_cfg(epochs=epochs, lr=0.1, keep_best=True), progress=False, checkpoint_dir=directory).fit(
+            ToyClips(12), ToyClips(9, train=False, seed=1))
+        return weights(d)
+
+    straight = run(4, tmp_path / "a")
+    run(3, tmp_path / "b")  # the best epoch (2) is behind the resume point
+    resumed = run(4, tmp_path / "b")
+    assert all(torch.equal(v, straight[k]) for k, v in resumed.items())
