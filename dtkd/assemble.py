@@ -108,7 +108,6 @@ class Job:
     train_cfg: TrainConfig
     val: Any = None  # validation loader (student view); None: no validation
     callbacks: list = field(default_factory=list)
-    model_ref: Optional[ModelRef] = None  # the trained model's config (its view)
     test: Optional[DataLoader] = None  # the evaluation protocol's test loader
     num_classes: Optional[int] = None
     diagnostics: Optional[EpochDiagnostics] = None
@@ -154,7 +153,7 @@ def _teacher_job(stage: TeacherStage, manifest: pd.DataFrame, teachers: Mapping[
     model = build_model(stage.model, n)
     module = build_distiller(DistillConfig(method="none"), model, models.get_spec(stage.model.name), [])
     loaders = _loaders(stage, manifest, {STUDENT_VIEW: stage.model.view()})
-    return Job(module=module, train=loaders["train"], train_cfg=stage.train, val=loaders["val"], model_ref=stage.model,
+    return Job(module=module, train=loaders["train"], train_cfg=stage.train, val=loaders["val"],
                test=loaders["test"], num_classes=n)
 
 
@@ -176,7 +175,7 @@ def _distill_job(stage: DistillStage, manifest: pd.DataFrame, teachers: Mapping[
     diagnostics = EpochDiagnostics(module)
     loaders = _loaders(stage, manifest, views)
     return Job(module=module, train=loaders["train"], train_cfg=stage.train, val=loaders["val"],
-               callbacks=[diagnostics], model_ref=stage.student, test=loaders["test"], num_classes=n,
+               callbacks=[diagnostics], test=loaders["test"], num_classes=n,
                diagnostics=diagnostics)
 
 

@@ -137,10 +137,6 @@ class ClipDataset(Dataset):
                    self.num_crops, self.seed, list(self.train_scale), self.flip, self.backend]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
 
-    @property
-    def rendered_views(self) -> tuple[str, ...]:
-        return self._rendered
-
     def set_epoch(self, epoch: int) -> None:
         """Key of the train randomness in THIS process. DataLoader workers get a copy when an
         iterator starts, so call it before iterating (persistent workers keep their old copy)."""

@@ -226,14 +226,14 @@ def cached_plan(module: nn.Module, data: SeededViews, ctx: RunContext, num_views
         cache = TeacherCache.build(module, data, directory, num_views=num_views, batch_size=ctx.batch_size,
                                    device=ctx.device, amp_dtype=ctx.amp_dtype, num_workers=kw.get("num_workers", 0),
                                    collate_fn=kw.get("collate_fn"), channels_last=ctx.channels_last, progress=ctx.progress)
-    if (cache.seed, cache.num_items) != (data.seed, len(data)):
+    elif (cache.seed, cache.num_items) != (data.seed, len(data)):  # a given cache; a built one is this data's
         raise ValueError(
             f"the teacher cache was built for {cache.num_items} clips with view seed {cache.seed}, this run has "
             f"{len(data)} clips with seed {data.seed}: the student would not see the cached views"
         )
-    if cache.meta.get("content") != data.content_key():
+    elif cache.meta.get("content") != (content := data.content_key()):
         raise ValueError(f"the teacher cache {cache.dir} was built on other clips or views (content key "
-                         f"{cache.meta.get('content')}, this run's {data.content_key()}): it is stale; rebuild it")
+                         f"{cache.meta.get('content')}, this run's {content}): it is stale; rebuild it")
 
     def extras(batch) -> dict:
         return {"teacher_outputs": cache.lookup(batch["index"], batch["view_id"], device=ctx.device)}
