@@ -94,7 +94,7 @@ def rules_for(data_cfg: Any, manifest: Optional[pd.DataFrame] = None, *, min_fra
     if data_cfg.dataset == "synthetic":
         from dtkd.data.synthetic import class_names
 
-        labels = class_names(data_cfg.synthetic.num_classes)
+        labels = class_names(data_cfg.synthetic.num_classes, data_cfg.synthetic.vocabulary)
     else:
         count = KNOWN_NUM_CLASSES.get(data_cfg.dataset)
     base = {"expected_labels": labels, "expected_num_classes": count, "min_frames": min_frames}

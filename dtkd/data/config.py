@@ -15,13 +15,16 @@ class _Strict(BaseModel):
 
 class ClipsPerClass(_Strict):
     train: int = Field(12, ge=1)
+    val: int = Field(0, ge=0, description="validation clips (split id 3); 0: none, carve one with `data.val`")
     test: int = Field(6, ge=1)
 
 
 class SyntheticConfig(_Strict):
     """Knobs of dtkd.data.synthetic.generate_synthetic (same names, passed through as is)."""
 
-    num_classes: int = Field(6, ge=2, le=8)
+    num_classes: int = Field(6, ge=2, le=30, description="classes (target vocabulary: up to 8; pretrain: up to 30)")
+    vocabulary: Literal["target", "pretrain"] = Field("target", description="target: the task; pretrain: the "
+                                                      "composed pretraining corpus (docs/data.md)")
     clips_per_class: ClipsPerClass = ClipsPerClass()
     frames: int = Field(16, ge=2)
     size: int = Field(64, ge=8)
@@ -35,6 +38,15 @@ class SyntheticConfig(_Strict):
         if size % 2:
             raise ValueError(f"size must be even (yuv420p video), got {size}")
         return size
+
+    @model_validator(mode="after")
+    def _classes_in_vocabulary(self) -> "SyntheticConfig":
+        from dtkd.data.synthetic_scenes import VOCABULARIES
+
+        most = len(VOCABULARIES[self.vocabulary])
+        if self.num_classes > most:
+            raise ValueError(f"num_classes={self.num_classes}: the {self.vocabulary} vocabulary has at most {most}")
+        return self
 
 
 class StoreConfig(_Strict):

@@ -57,7 +57,7 @@ _HMDB_IDS = {"1": "train", "2": "test", "0": None}
 
 
 def read_hmdb51(root: str | os.PathLike, split: int = 1, *, video_dir: str | os.PathLike | None = None,
-                split_dir: str = HMDB_SPLIT_DIR) -> DatasetIndex:
+                split_dir: str = HMDB_SPLIT_DIR, ids: dict[str, str | None] | None = None) -> DatasetIndex:
     """``root/<class>/<video>.avi`` and ``root/testTrainMulti_7030_splits/<class>_test_split<k>.txt``
     with lines ``<video>.avi <id>`` (1 = train, 2 = test, 0 = not used in this fold)."""
     _check_fold("hmdb51", split, (1, 2, 3))
@@ -73,6 +73,8 @@ def read_hmdb51(root: str | os.PathLike, split: int = 1, *, video_dir: str | os.
             files.setdefault(m["label"], {})[int(m["fold"])] = f
     if not files:
         raise FileNotFoundError(f"{splits}: no <class>_test_split<k>.txt files")
+    ids = ids or _HMDB_IDS
+    expected = "|".join(sorted(ids))
     entries = []
     for label, folds in sorted(files.items()):
         if split not in folds:
@@ -80,12 +82,12 @@ def read_hmdb51(root: str | os.PathLike, split: int = 1, *, video_dir: str | os.
         f = folds[split]
         for n, line in _lines(f):
             parts = line.split()
-            if len(parts) != 2 or parts[1] not in _HMDB_IDS:
-                raise AnnotationError(f, f"line {n}", f"expected '<video>.avi <0|1|2>', got {line!r}")
+            if len(parts) != 2 or parts[1] not in ids:
+                raise AnnotationError(f, f"line {n}", f"expected '<video>.avi <{expected}>', got {line!r}")
             name, sid = parts
-            if _HMDB_IDS[sid] is None:
+            if ids[sid] is None:
                 continue
-            entries.append(Entry(Path(name).stem, videos / label / name, label, _HMDB_IDS[sid]))
+            entries.append(Entry(Path(name).stem, videos / label / name, label, ids[sid]))
     return DatasetIndex(entries, sorted(files))
 
 
@@ -94,8 +96,8 @@ DATASETS.register("hmdb51")(read_hmdb51)
 
 @DATASETS.register("synthetic")
 def read_synthetic(root: str | os.PathLike, split: int = 1, **kw) -> DatasetIndex:
-    """The generator's output: the HMDB51 layout (see dtkd.data.synthetic)."""
-    return read_hmdb51(root, split, **kw)
+    """The generator's output: the HMDB51 layout (see dtkd.data.synthetic), plus id 3 = val."""
+    return read_hmdb51(root, split, ids={**_HMDB_IDS, "3": "val"}, **kw)
 
 
 # --- UCF101 -----------------------------------------------------------------------------------

@@ -2,14 +2,19 @@
 
     root/<class>/<class>_<clip:04d>.avi
     root/testTrainMulti_7030_splits/<class>_test_split<k>.txt   lines "<video>.avi <id>"
-                                                               (1 = train, 2 = test, 0 = unused)
+                                            (1 = train, 2 = test, 3 = val, 0 = unused; HMDB51 has
+                                             no validation split: id 3 is dtkd's extension)
     root/dtkd_synthetic.json                                     the generator's parameters
 
 Every clip is drawn from its own RNG keyed by (seed, class, clip), so a clip does not change
 when other knobs such as the number of clips change. The three splits use different
-train/test partitions of the same clips, as HMDB51's do.
+train/val/test partitions of the same clips, as HMDB51's do.
 
-CLI: python -m dtkd.data.synthetic --root data/synthetic --num-classes 6 --train 12 --test 6
+Two vocabularies share one visual world (objects, backgrounds, nuisances): ``target``, the task
+(up to 8 two-object relations), and ``pretrain``, 30 classes composed from the same motion
+primitives: the embedded analogue of pretraining on Kinetics before fine-tuning on HMDB51.
+
+CLI: python -m dtkd.data.synthetic --root data/synthetic --num-classes 6 --train 12 --val 4 --test 6
 """
 from __future__ import annotations
 
@@ -23,20 +28,23 @@ from typing import Mapping
 
 import numpy as np
 
-from dtkd.data.synthetic_scenes import DIFFICULTY, SCENES, Nuisance, render_scene
+from dtkd.data.synthetic_scenes import DIFFICULTY, VOCABULARIES, Nuisance, render_scene
 from dtkd.data.video import write_video
 from dtkd.fsutil import staged_dir
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: val split (id 3), vocabularies
 META_FILE = "dtkd_synthetic.json"
 SPLITS_DIR = "testTrainMulti_7030_splits"
-SPLIT_IDS = {"train": 1, "test": 2, "unused": 0}
+SPLIT_IDS = {"train": 1, "val": 3, "test": 2, "unused": 0}
 
 
-def class_names(num_classes: int) -> list[str]:
-    if not 2 <= num_classes <= len(SCENES):
-        raise ValueError(f"num_classes={num_classes}; the generator has 2..{len(SCENES)} classes")
-    return list(SCENES)[:num_classes]
+def class_names(num_classes: int, vocabulary: str = "target") -> list[str]:
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"vocabulary={vocabulary!r}; expected one of {sorted(VOCABULARIES)}")
+    scenes = VOCABULARIES[vocabulary]
+    if not 2 <= num_classes <= len(scenes):
+        raise ValueError(f"num_classes={num_classes}; the {vocabulary} vocabulary has 2..{len(scenes)} classes")
+    return list(scenes)[:num_classes]
 
 
 def _check_counts(clips_per_class: Mapping[str, int]) -> dict[str, int]:
@@ -50,24 +58,29 @@ def _check_counts(clips_per_class: Mapping[str, int]) -> dict[str, int]:
 
 
 def split_assignment(counts: Mapping[str, int], split: int) -> list[int]:
-    """HMDB51 id (1/2/0) of each clip for split k: the clip order is rotated by a third per split."""
-    ids = [1] * counts["train"] + [2] * counts["test"] + [0] * counts["unused"]
+    """Split id (1/3/2/0) of each clip for split k: the clip order is rotated by a third per split."""
+    ids = [1] * counts["train"] + [3] * counts.get("val", 0) + [2] * counts["test"] + [0] * counts["unused"]
     shift = (split - 1) * len(ids) // 3
     return ids[-shift:] + ids[:-shift] if shift else ids
 
 
-def _params(num_classes, counts, frames, size, fps, seed, nuisance) -> dict:
+def _params(num_classes, counts, frames, size, fps, seed, nuisance, vocabulary) -> dict:
     params = dict(version=GENERATOR_VERSION, num_classes=num_classes, clips_per_class=counts,
-                  frames=frames, size=size, fps=fps, seed=seed, nuisance=asdict(nuisance))
+                  frames=frames, size=size, fps=fps, seed=seed, nuisance=asdict(nuisance),
+                  vocabulary=vocabulary)
     return json.loads(json.dumps(params))  # tuples -> lists, as they read back from the file
 
 
+# Salts the per-clip RNG key, so that the two vocabularies never draw the same nuisances.
+_VOCABULARY_KEY = {"target": (), "pretrain": (1,)}
+
+
 def _write_tree(tmp: Path, classes: list[str], counts: dict[str, int], frames: int, size: int,
-                fps: int, seed: int, nuisance: Nuisance) -> None:
+                fps: int, seed: int, nuisance: Nuisance, vocabulary: str) -> None:
     total = sum(counts.values())
     for class_idx, name in enumerate(classes):
         for clip in range(total):
-            rng = np.random.default_rng([seed, class_idx, clip])
+            rng = np.random.default_rng([seed, class_idx, clip, *_VOCABULARY_KEY[vocabulary]])
             video = render_scene(name, frames=frames, size=size, rng=rng, nuisance=nuisance)
             write_video(tmp / name / f"{name}_{clip:04d}.avi", video, fps=fps)
     split_dir = tmp / SPLITS_DIR
@@ -89,12 +102,15 @@ def generate_synthetic(
     fps: int = 8,
     seed: int = 0,
     difficulty: str = "default",
+    vocabulary: str = "target",
     nuisance: Nuisance | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the dataset under `root` and return its absolute path.
 
+    `clips_per_class`: {train, val, test, unused} counts (val and unused default to 0).
     `difficulty` picks a nuisance preset (easy | default | hard); `nuisance` overrides it.
+    `vocabulary`: ``target`` (the task's classes) or ``pretrain`` (the composed pretraining set).
 
     An existing root written with the same parameters is reused as is; one with other
     parameters raises FileExistsError unless `overwrite`. Written to a temporary sibling and
@@ -102,7 +118,7 @@ def generate_synthetic(
     """
     root = Path(root).absolute()
     counts = _check_counts(clips_per_class or {"train": 12, "test": 6})
-    classes = class_names(num_classes)
+    classes = class_names(num_classes, vocabulary)
     if frames < 2 or size < 8 or size % 2 or fps < 1:
         raise ValueError(f"need frames >= 2, even size >= 8, fps >= 1; got frames={frames}, "
                          f"size={size}, fps={fps}")
@@ -110,7 +126,7 @@ def generate_synthetic(
         if difficulty not in DIFFICULTY:
             raise ValueError(f"difficulty={difficulty!r}; expected one of {sorted(DIFFICULTY)}")
         nuisance = DIFFICULTY[difficulty]
-    params = _params(num_classes, counts, frames, size, fps, seed, nuisance)
+    params = _params(num_classes, counts, frames, size, fps, seed, nuisance, vocabulary)
 
     if root.exists() and any(root.iterdir()):
         meta = root / META_FILE
@@ -121,7 +137,7 @@ def generate_synthetic(
                                   "these parameters; pass overwrite=True to replace it")
 
     with staged_dir(root) as tmp:
-        _write_tree(tmp, classes, counts, frames, size, fps, seed, nuisance)
+        _write_tree(tmp, classes, counts, frames, size, fps, seed, nuisance, vocabulary)
         (tmp / META_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return root
 
@@ -132,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--num-classes", type=int, default=6)
     parser.add_argument("--train", type=int, default=12, help="train clips per class")
+    parser.add_argument("--val", type=int, default=0, help="validation clips per class")
     parser.add_argument("--test", type=int, default=6, help="test clips per class")
+    parser.add_argument("--vocabulary", choices=sorted(VOCABULARIES), default="target")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--fps", type=int, default=8)
@@ -142,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     root = generate_synthetic(args.root, num_classes=args.num_classes,
-                              clips_per_class={"train": args.train, "test": args.test},
+                              clips_per_class={"train": args.train, "val": args.val, "test": args.test},
                               frames=args.frames, size=args.size, fps=args.fps, seed=args.seed,
-                              difficulty=args.difficulty, overwrite=args.overwrite)
-    n = args.num_classes * (args.train + args.test)
+                              difficulty=args.difficulty, vocabulary=args.vocabulary,
+                              overwrite=args.overwrite)
+    n = args.num_classes * (args.train + args.val + args.test)
     print(f"{root}: {n} clips, {args.num_classes} classes ({time.perf_counter() - start:.1f} s)")
     return 0
 

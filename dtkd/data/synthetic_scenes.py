@@ -139,6 +139,51 @@ SCENES: dict[str, Callable[[np.ndarray, np.random.Generator], Trajectory]] = {
 }
 
 
+# --- the pretraining vocabulary: the same primitives, composed ---------------------------------
+# A broader set of classes from the same visual world, the CPU-sized analogue of Kinetics-400 for
+# HMDB51: each class is one combination of how the pair's distance changes, whether the axis
+# between the objects turns, and how the pair as a whole drifts. The target scenes above are close
+# to some of the combinations (approach ~ closer/still/still, chase ~ closer/still/along, orbit
+# ~ steady/turn/still), as Kinetics shares concepts with HMDB51, but not drawn the same way.
+
+def _distance(kind: str, u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    far, near = rng.uniform(0.5, 0.75), rng.uniform(0.14, 0.22)
+    turn = rng.uniform(0.4, 0.6)
+    v_shape = np.abs(u - turn) / max(turn, 1 - turn)  # 1 at both ends, 0 at the turning point
+    return {
+        "closer": far + (near - far) * u,
+        "apart": near + (far - near) * u,
+        "steady": np.full_like(u, rng.uniform(0.3, 0.55)),
+        "closer_apart": near + (far - near) * v_shape,
+        "apart_closer": far + (near - far) * v_shape,
+    }[kind]
+
+
+_DISTANCES = ("closer", "apart", "steady", "closer_apart", "apart_closer")
+_TURNS = ("still", "turn")
+_DRIFTS = ("still", "along", "across")
+
+
+def _composed(distance: str, turn: str, drift: str) -> Callable[[np.ndarray, np.random.Generator], Trajectory]:
+    def motion(u: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        d = _distance(distance, u, rng)
+        sweep = rng.uniform(0.6, 1.1) * np.pi * rng.choice([-1.0, 1.0]) if turn == "turn" else 0.0
+        axis = _unit(sweep * u)  # (T, 2): the direction from A to B
+        heading = {"still": np.zeros(2), "along": np.array([1.0, 0.0]),
+                   "across": np.array([0.0, 1.0])}[drift] * rng.choice([-1.0, 1.0])
+        centre = heading * _travel(rng) * (u[:, None] - 0.5)
+        return centre - axis * d[:, None] / 2, centre + axis * d[:, None] / 2
+
+    return motion
+
+
+# 5 x 2 x 3 = 30 classes, named distance-turn-drift.
+COMPOSED: dict[str, Callable[[np.ndarray, np.random.Generator], Trajectory]] = {
+    f"{d}-{t}-{m}": _composed(d, t, m) for d in _DISTANCES for t in _TURNS for m in _DRIFTS
+}
+VOCABULARIES = {"target": SCENES, "pretrain": COMPOSED}
+
+
 @dataclass(frozen=True)
 class Nuisance:
     """How strong the class-independent distractions are (0 disables one)."""
@@ -228,10 +273,9 @@ def _paint(canvas: np.ndarray, centres_px: np.ndarray, radius_px: float, square:
 def render_scene(scene: str, *, frames: int, size: int, rng: np.random.Generator,
                  nuisance: Nuisance = Nuisance()) -> np.ndarray:
     """One clip of class `scene` -> uint8 (frames, size, size, 3)."""
-    try:
-        motion = SCENES[scene]
-    except KeyError:
-        raise KeyError(f"unknown synthetic scene {scene!r}; known: {', '.join(SCENES)}") from None
+    motion = SCENES.get(scene) or COMPOSED.get(scene)
+    if motion is None:
+        raise KeyError(f"unknown synthetic scene {scene!r}; known: {', '.join([*SCENES, *COMPOSED])}")
     u = _time_warp(frames, rng)
     a, b = motion(u, rng)
     theta = np.deg2rad(rng.uniform(-nuisance.rotation_deg, nuisance.rotation_deg))

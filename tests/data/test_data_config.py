@@ -14,7 +14,7 @@ from dtkd.data.synthetic import generate_synthetic
 def test_defaults_are_the_embedded_synthetic_set():
     cfg = DataConfig()
     assert (cfg.dataset, cfg.root, cfg.split, cfg.num_workers) == ("synthetic", Path("data/synthetic"), 1, 0)
-    assert cfg.synthetic.clips_per_class.model_dump() == {"train": 12, "test": 6}
+    assert cfg.synthetic.clips_per_class.model_dump() == {"train": 12, "val": 0, "test": 6}
     assert cfg.dataset_kwargs() == {"store": None, "backend": "pyav", "train_scale": (0.25, 1.0)}
 
 
@@ -29,9 +29,10 @@ def test_synthetic_knobs_are_generate_synthetic_keywords():
     ({"datset": "hmdb51"}, "datset"),
     ({"dataset": "hmdb"}, "unknown dataset 'hmdb'; known: hmdb51, kinetics, ssv2, synthetic, ucf101"),
     ({"split": 4}, "split"),
-    ({"synthetic": {"num_classes": 9}}, "num_classes"),
+    ({"synthetic": {"num_classes": 9}}, "the target vocabulary has at most 8"),
+    ({"synthetic": {"num_classes": 31, "vocabulary": "pretrain"}}, "num_classes"),
     ({"synthetic": {"size": 63}}, "size must be even"),
-    ({"synthetic": {"clips_per_class": {"train": 2, "val": 1}}}, "clips_per_class.val"),
+    ({"synthetic": {"clips_per_class": {"train": 2, "holdout": 1}}}, "clips_per_class.holdout"),
     ({"store": {"enabled": True}}, "store.dir is required"),
     ({"backend": "decord"}, "backend"),
     ({"num_workers": -1}, "num_workers"),

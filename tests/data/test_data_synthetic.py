@@ -11,7 +11,7 @@ import pytest
 from dtkd.data import build_manifest, read_frames
 from dtkd.data.synthetic import (META_FILE, SPLITS_DIR, class_names, generate_synthetic, main,
                                  split_assignment)
-from dtkd.data.synthetic_scenes import SCENES
+from dtkd.data.synthetic_scenes import COMPOSED, SCENES
 
 SMALL = dict(num_classes=3, clips_per_class={"train": 3, "test": 2}, frames=8, size=32, fps=8)
 
@@ -101,7 +101,7 @@ def test_classes_differ_in_motion_not_in_static_appearance(tmp_path):
 def test_existing_root_is_reused_or_refused(tmp_path):
     root = generate_synthetic(tmp_path / "r", seed=0, **SMALL)
     meta = json.loads((root / META_FILE).read_text())
-    assert meta["seed"] == 0 and meta["clips_per_class"] == {"train": 3, "test": 2, "unused": 0}
+    assert meta["seed"] == 0 and meta["clips_per_class"] == {"train": 3, "val": 0, "test": 2, "unused": 0}
     stamp = (root / META_FILE).stat().st_mtime_ns
     assert generate_synthetic(root, seed=0, **SMALL) == root
     assert (root / META_FILE).stat().st_mtime_ns == stamp  # same knobs: nothing rewritten
@@ -116,7 +116,9 @@ def test_existing_root_is_reused_or_refused(tmp_path):
     (dict(num_classes=1), "2..8"),
     (dict(num_classes=len(SCENES) + 1), "2..8"),
     (dict(clips_per_class={"train": 0, "test": 2}), "train >= 1"),
-    (dict(clips_per_class={"train": 2, "val": 2}), "unknown keys"),
+    (dict(clips_per_class={"train": 2, "holdout": 2}), "unknown keys"),
+    (dict(vocabulary="imagenet"), "vocabulary='imagenet'"),
+    (dict(vocabulary="pretrain", num_classes=31), "2..30"),
     (dict(size=33), "even size"),
     (dict(difficulty="extreme"), "difficulty='extreme'"),
 ])
@@ -142,3 +144,56 @@ def test_difficulty_presets_change_the_nuisance_only(tmp_path):
         return frames[:, :6, :6].std(dim=0).mean().item()
     assert flicker(hard) > 2 * flicker(easy)
     assert json.loads((easy / META_FILE).read_text())["nuisance"]["distractor_prob"] == 0.0
+
+
+def test_val_split_is_written_with_id_3_and_read_as_val(tmp_path):
+    root = generate_synthetic(tmp_path / "r", seed=0, **{**SMALL, "clips_per_class": {"train": 3, "val": 2, "test": 1}})
+    ids = (root / SPLITS_DIR / "approach_test_split1.txt").read_text().split()[1::2]
+    assert ids == ["1", "1", "1", "3", "3", "2"]
+    m = build_manifest("synthetic", root)
+    assert m["split"].value_counts().to_dict() == {"train": 9, "val": 6, "test": 3}
+    # A real HMDB51 fold has no validation id: read as hmdb51, the same files are refused, by line.
+    with pytest.raises(ValueError, match=r"line 4.*<0\|1\|2>"):
+        build_manifest("hmdb51", root)
+
+
+def test_pretrain_vocabulary_composes_the_primitives_into_30_classes(tmp_path):
+    names = class_names(30, "pretrain")
+    assert names == list(COMPOSED) and len(set(names)) == 30
+    assert not set(names) & set(SCENES)  # other classes than the task's, from the same world
+    distance, turn, drift = zip(*(n.split("-") for n in names))
+    assert len(set(distance)) == 5 and set(turn) == {"still", "turn"} and set(drift) == {"still", "along", "across"}
+    root = generate_synthetic(tmp_path / "p", vocabulary="pretrain", num_classes=4, seed=0,
+                              clips_per_class={"train": 2, "test": 1}, frames=8, size=32)
+    m = build_manifest("synthetic", root)
+    assert sorted(m["label"].unique()) == sorted(names[:4]) and len(m) == 12
+    assert json.loads((root / META_FILE).read_text())["vocabulary"] == "pretrain"
+
+
+def test_composed_scenes_do_what_their_names_say():
+    """closer: the distance shrinks; turn: the axis between the objects rotates; along: the pair's
+    centre moves along its initial axis."""
+    from dtkd.data.synthetic_scenes import COMPOSED
+
+    u = np.linspace(0, 1, 16)
+    a, b = COMPOSED["closer-turn-along"](u, np.random.default_rng(0))
+    gap = np.linalg.norm(b - a, axis=1)
+    assert gap[-1] < gap[0] - 0.2
+    angle = np.unwrap(np.arctan2(*(b - a).T[::-1]))
+    assert abs(angle[-1] - angle[0]) > 0.5 * np.pi
+    centre = (a + b) / 2
+    assert abs(centre[-1, 0] - centre[0, 0]) > 0.2 and np.allclose(centre[:, 1], 0)
+    a, b = COMPOSED["apart-still-still"](u, np.random.default_rng(0))
+    assert np.allclose((a + b) / 2, 0) and np.allclose((b - a)[:, 1], 0)
+    gap = np.linalg.norm(b - a, axis=1)
+    assert np.all(np.diff(gap) > 0)
+
+
+def test_the_two_vocabularies_never_share_a_clip(tmp_path):
+    """Same seed, class index and clip index: the pretraining corpus still draws other nuisances."""
+    target = generate_synthetic(tmp_path / "t", seed=0, **SMALL)
+    corpus = generate_synthetic(tmp_path / "p", vocabulary="pretrain", seed=0, **SMALL)
+    a = read_frames(target / "approach" / "approach_0000.avi", range(8)).float()
+    first = class_names(3, "pretrain")[0]
+    b = read_frames(corpus / first / f"{first}_0000.avi", range(8)).float()
+    assert (a[0] - b[0]).abs().mean() > 5  # different backgrounds from the first frame on
