@@ -42,6 +42,7 @@ def _x3d(
     depth_factor: float,
     bottleneck_factor: float = 2.25,
     head_dim_out: int = 2048,
+    spatial_strides: tuple[int, ...] = (2, 2, 2, 2),
 ) -> nn.Module:
     net = pytorchvideo_module("x3d").create_x3d(
         input_clip_length=frames,
@@ -52,6 +53,7 @@ def _x3d(
         depth_factor=depth_factor,
         bottleneck_factor=bottleneck_factor,
         head_dim_out=head_dim_out,
+        stage_spatial_stride=tuple(spatial_strides),
         head_activation=None,  # logits, not pytorchvideo's default softmax
         # nn.SiLU is x*sigmoid(x), like pytorchvideo's Swish, with a native backward (no
         # deprecated autograd Function, faster on CPU); no parameters, so checkpoints still load.
@@ -117,6 +119,9 @@ _register_paper("x3d_l", 16, 5, 312, 5.0, [
 
 # CPU-sized variants for the embedded default and tests (8 frames x 64^2 clips). The student keeps
 # X3D's design at half width and unit depth; its teacher is the X3D-S width at 1.5x the depth.
+# `spatial_strides` (one per res stage, X3D's is 2,2,2,2: 32x in all with the stem) lets a small
+# clip keep a spatial grid: at 32^2, (2, 2, 2, 1) leaves a 2x2 last-stage map instead of 1x1,
+# as X3D-S's 160^2 input leaves 5x5.
 TINY = {
     "x3d_tiny": dict(width_factor=1.0, depth_factor=1.0, head_dim_out=256),
     "x3d_tiny_m": dict(width_factor=2.0, depth_factor=1.5, head_dim_out=512),
@@ -129,9 +134,13 @@ for _name, _cfg in TINY.items():
 
         @register_model(spec)
         def factory(num_classes: int, *, frames: int, crop_size: int, dropout: Optional[float] = None,
-                    depth_factor: float = cfg["depth_factor"], head_dim_out: int = cfg["head_dim_out"]) -> nn.Module:
+                    depth_factor: float = cfg["depth_factor"], head_dim_out: int = cfg["head_dim_out"],
+                    spatial_strides: tuple[int, ...] = (2, 2, 2, 2)) -> nn.Module:
             # Lighter default head dropout: these heads are narrow and the embedded data is small.
+            if len(spatial_strides) != 4 or any(s not in (1, 2) for s in spatial_strides):
+                raise ValueError(f"spatial_strides: four strides of 1 or 2 (one per stage), got {spatial_strides!r}")
             return _x3d(num_classes, frames=frames, crop_size=crop_size, dropout=0.2 if dropout is None else dropout,
-                        width_factor=cfg["width_factor"], depth_factor=depth_factor, head_dim_out=head_dim_out)
+                        width_factor=cfg["width_factor"], depth_factor=depth_factor, head_dim_out=head_dim_out,
+                        spatial_strides=tuple(spatial_strides))
 
     _make()

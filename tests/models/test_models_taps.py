@@ -158,3 +158,18 @@ def test_tap_finds_its_module_through_a_ddp_style_wrapper():
         assert tap.features.shape[1] == spec.feature_dim
     with pytest.raises(KeyError, match="not found"):
         find_module(model, "blocks.9.nothing")
+
+
+def test_tiny_x3d_keeps_a_2x2_grid_at_32px_when_its_last_stage_does_not_stride():
+    """At 32^2 X3D's 32x downsampling leaves one location; spatial_strides=(2, 2, 2, 1) leaves 2x2
+    (so the spatial parts of SDD, AT and MGD have something to act on), with the same weights."""
+    default, spec = _eval("x3d_tiny", crop_size=32)
+    grid, _ = _eval("x3d_tiny", crop_size=32, spatial_strides=(2, 2, 2, 1))
+    assert default.state_dict().keys() == grid.state_dict().keys()
+    x = torch.randn(2, 3, 8, 32, 32)
+    for model, hw in ((default, (1, 1)), (grid, (2, 2))):
+        with FeatureTap(model, spec) as tap, torch.no_grad():
+            assert model(x).shape == (2, 5)
+            assert tap.grid[1:] == hw
+    with pytest.raises(ValueError, match="spatial_strides"):
+        models.build("x3d_tiny", 5, spatial_strides=(2, 2, 3, 1))
