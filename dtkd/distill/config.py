@@ -44,8 +44,9 @@ class DistillConfig(BaseModel):
     phi_dim: Optional[int] = Field(None, ge=1, description="PCA dimension d when phi_vit = 'pca'")
     phi_ridge: float = Field(1e-3, ge=0, description="ridge strength of phi_CNN, relative to the mean feature variance")
     prepare_max_batches: Optional[int] = Field(None, ge=1, description="cap on batches used to fit phi (None = all)")
-    prepare_views: int = Field(
-        2, ge=1, description="augmented views of every training clip phi is fitted on (capped by the teacher cache's views)"
+    prepare_views: Optional[int] = Field(
+        None, ge=1, description="augmented views of every training clip phi is fitted on (null: every cached view, "
+        "or 2 when the teachers run online; capped by the cached views)"
     )
     # Execution of distillation (not of teacher fine-tuning, hence here and not in TrainConfig).
     teacher_cache_views: int = Field(

@@ -250,12 +250,12 @@ class Distiller(TrainingModule):
         return plan
 
     def _prepare_batches(self, plan: TrainPlan, ctx: RunContext) -> Iterable[Any]:
-        """Views 0..P-1 of this rank's share of the training clips (P = ``cfg.prepare_views``, at
-        most the cached views; ``prepare`` sums its statistics over ranks), with cached teacher
-        outputs where there are. More than one view: a closed-form fit on exactly the views of the
-        first epoch would fit part of their residual away by chance, and the target would be
-        smaller then than ever after."""
-        num_views = self.cfg.prepare_views if plan.num_views is None else min(self.cfg.prepare_views, plan.num_views)
+        """Views 0..P-1 of this rank's share of the training clips (P = ``cfg.prepare_views``: by
+        default every cached view, i.e. exactly the views the student trains on; ``prepare`` sums
+        its statistics over ranks), with cached teacher outputs where there are. Without a cache,
+        2 views: a fit on the views of one epoch only would fit part of their residual away."""
+        wanted = self.cfg.prepare_views
+        num_views = (wanted or 2) if plan.num_views is None else min(wanted or plan.num_views, plan.num_views)
         info = D.current()
         shard = range(info.rank, len(plan.data), info.world_size)
         keys = [ViewKey(i, v) for v in range(num_views) for i in shard]

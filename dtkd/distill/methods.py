@@ -211,7 +211,7 @@ class DTKD(Distiller):
             return {}
         max_batches = max_batches if max_batches is not None else self.cfg.prepare_max_batches
         device = next(self.student.parameters()).device
-        moments = FeatureMoments()
+        folds = [FeatureMoments(), FeatureMoments()]  # alternate batches: out-of-sample residual scale
         grid: Optional[tuple[int, ...]] = None
         batches = 0
         for batch in loader:
@@ -222,12 +222,13 @@ class DTKD(Distiller):
             if grid is None:
                 grid = self._student_grid(self._view(inputs, STUDENT_VIEW))
             out = self._gather_teachers(inputs, cached, device, names=[self.vit, self.cnn])
-            self.sdd.accumulate(moments, out[self.vit]["features"], out[self.cnn]["features"], grid)
+            self.sdd.accumulate(folds[batches % 2], out[self.vit]["features"], out[self.cnn]["features"], grid)
             batches += 1
         if batches == 0:
             raise RuntimeError("prepare() got an empty loader: phi needs training-set teacher features")
-        moments.all_reduce()
-        stats = self.sdd.phi.fit(moments)
+        for fold in folds:
+            fold.all_reduce()
+        stats = self.sdd.phi.fit(folds)
         stats["phi/batches"] = float(batches)
         return stats
 

@@ -10,8 +10,13 @@ dtkd fixes them before training:
 
 f_res = phi_ViT(f_ViT) - phi_CNN(f_CNN) is then the part of the ViT's features that the CNN
 teacher cannot explain linearly, with zero mean over the training set. With ``standardize`` it is
-also divided by its training-set RMS (one scalar, fixed by the fit), so that L_SD does not scale
-with the teachers' feature magnitudes (dtkd's deviation; docs/method.md).
+also divided by its RMS (one scalar, fixed by the fit), so that L_SD does not scale with the
+teachers' feature magnitudes (dtkd's deviation; docs/method.md). That RMS is estimated out of
+sample when the statistics come in two folds (``fit([fold_a, fold_b])``): a closed-form fit
+explains part of its own sample's residual by chance, so an in-sample RMS is too small and
+f_res / RMS would be larger on every view phi was not fitted on. phi is fitted on both folds; its
+out-of-sample mean square is extrapolated from the in-sample one and the two-fold one (each
+half's fit measured on the other half), as least squares predicts (``fit``).
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ class FeatureMoments:
 
     def all_reduce(self) -> None:
         """Sum over DDP ranks so that every rank fits the same phi."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if not self._t or not (dist.is_available() and dist.is_initialized()):
             return
         keys = sorted(self._t)
         flat = torch.cat([self._t[k].flatten() for k in keys] + [self._t["sx"].new_tensor([self.n])])
@@ -60,6 +65,17 @@ class FeatureMoments:
             self._t[k] = flat[offset : offset + numel].view_as(self._t[k])
             offset += numel
         self.n = int(flat[-1].item())
+
+    def __add__(self, other: "FeatureMoments") -> "FeatureMoments":
+        out = FeatureMoments()
+        out.n = self.n + other.n
+        out._t = {k: self._t[k] + other._t[k] if k in other._t else self._t[k] for k in self._t}
+        out._t.update({k: v for k, v in other._t.items() if k not in self._t})
+        return out
+
+    def means(self) -> dict[str, Tensor]:
+        """Uncentred moments E[x], E[y], E[x x^T], E[x y^T], E[y y^T]."""
+        return {k: v / self.n for k, v in self._t.items()}
 
     def centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(mean_x, mean_y, S_xx, S_xy, S_yy): means and (biased) covariances."""
@@ -124,13 +140,48 @@ class ClosedFormPhi(nn.Module):
             return (self.phi_vit(vit_feat.float()) - self.phi_cnn(cnn_feat.float())) / self.target_scale
 
     @torch.no_grad()
-    def fit(self, moments: FeatureMoments) -> dict[str, float]:
+    def fit(self, moments: FeatureMoments | list[FeatureMoments]) -> dict[str, float]:
         """Fit phi from paired moments (x = CNN teacher, y = ViT teacher); returns fit statistics.
 
         Ridge: W = (S_xx + lam I)^-1 S_xy U, lam = ridge * trace(S_xx) / C_cnn (scale-free), with
         an intercept (centred data). PCA: U = the top-d eigenvectors of S_yy, sign-fixed so the
         largest entry of each is positive (deterministic across runs and ranks).
+
+        Given two folds, phi is fitted on their sum and the residual scale is the out-of-sample
+        RMS (``phi/target_scale``; the in-sample one is ``phi/in_sample_scale``).
         """
+        folds = [m for m in moments if m.n >= 2] if isinstance(moments, list) else []
+        total = sum(moments[1:], moments[0]) if isinstance(moments, list) else moments
+        stats = self._fit(total)
+        if self.standardize and len(folds) == 2 and self.target_scale.item() != 1.0:
+            saved = {k: v.clone() for k, v in self.state_dict().items()}
+            mean_square = 0.0
+            with warnings.catch_warnings():  # each half has fewer locations: its warning is expected
+                warnings.simplefilter("ignore")
+                for fitted_on, tested_on in ((0, 1), (1, 0)):
+                    self._fit(folds[fitted_on])
+                    mean_square += self._mean_square_residual(folds[tested_on]) / 2
+            self.load_state_dict(saved)
+            # Mean squares, for least squares with r = regressors / locations (Hastie et al., ESL
+            # 7.4): in sample s2(1 - r); a half's fit on the other half s2(1 + 2r); the full fit
+            # on new locations s2(1 + r) = (in sample + 2 x two-fold) / 3.
+            in_sample = stats["phi/target_scale"] ** 2
+            stats["phi/in_sample_scale"], stats["phi/two_fold_scale"] = in_sample ** 0.5, mean_square ** 0.5
+            stats["phi/target_scale"] = ((in_sample + 2 * mean_square) / 3) ** 0.5
+            self.target_scale.fill_(stats["phi/target_scale"])
+        return stats
+
+    def _mean_square_residual(self, moments: FeatureMoments) -> float:
+        """E ||phi_ViT(y) - phi_CNN(x)||^2 / d over ``moments``' locations, with phi as fitted now."""
+        e = moments.means()
+        a = self.vit_weight.double() if self.pca else torch.eye(self.vit_channels, dtype=torch.float64, device=e["sy"].device)
+        vb = self.vit_bias.double() if self.pca else torch.zeros(self.out_channels, dtype=torch.float64, device=a.device)
+        w, c = self.cnn_weight.double().T, vb - self.cnn_bias.double()  # r = A y - W^T x + c
+        square = (torch.trace(a @ e["yy"] @ a.T) + torch.trace(w.T @ e["xx"] @ w) + c @ c
+                  - 2 * torch.trace(a.T @ w.T @ e["xy"]) + 2 * c @ (a @ e["sy"]) - 2 * c @ (w.T @ e["sx"]))
+        return float(square) / self.out_channels
+
+    def _fit(self, moments: FeatureMoments) -> dict[str, float]:
         mx, my, sxx, sxy, syy = moments.centred()
         stats: dict[str, float] = {"phi/n_locations": float(moments.n)}
         if self.pca:

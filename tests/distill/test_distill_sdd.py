@@ -79,6 +79,60 @@ def test_standardised_residual_has_unit_rms_on_the_fit_data_whatever_the_feature
     torch.testing.assert_close(residuals[1.0], residuals[30.0], rtol=1e-3, atol=1e-3)
 
 
+def test_residual_scale_from_two_folds_is_out_of_sample():
+    """Few locations per CNN channel: a fit explains part of its own sample's noise by chance, so
+    the in-sample RMS is too small and the standardised target is > 1 on fresh views. Fitted on
+    two folds, the scale is extrapolated from the in-sample RMS and the RMS each half's fit leaves
+    on the other half; phi is the fit on both. On fresh data the target's RMS is then ~1."""
+    def draw(seed, n_batches):  # 40 CNN channels, 1 noise unit: y = A x + b + noise
+        g = torch.Generator().manual_seed(seed)
+        a = torch.randn(7, 40, generator=torch.Generator().manual_seed(0))
+        out = []
+        for _ in range(n_batches):
+            x = torch.randn(2, 40, 1, 3, 3, generator=g)
+            out.append((x, torch.einsum("dc,bcthw->bdthw", a, x) + torch.randn(2, 7, 1, 3, 3, generator=g)))
+        return out
+
+    train, fresh = draw(1, 8), draw(2, 200)  # 144 training locations for 40 channels
+    folds = [FeatureMoments(), FeatureMoments()]
+    for i, (x, y) in enumerate(train):
+        folds[i % 2].update(x, y)
+    in_sample = ClosedFormPhi(7, 40, ridge=0.0, standardize=True)
+    with pytest.warns(UserWarning, match="fitted away by chance"):
+        in_sample.fit(folds[0] + folds[1])
+    out_of_sample = ClosedFormPhi(7, 40, ridge=0.0, standardize=True)
+    with pytest.warns(UserWarning):
+        stats = out_of_sample.fit(folds)
+    # The same phi (fitted on everything); only the scalar differs, and it is larger.
+    torch.testing.assert_close(out_of_sample.cnn_weight, in_sample.cnn_weight)
+    assert stats["phi/in_sample_scale"] == pytest.approx(in_sample.target_scale.item())
+    assert stats["phi/target_scale"] > 1.3 * stats["phi/in_sample_scale"]
+
+    def rms(phi, pairs):
+        return torch.cat([phi(y, x) for x, y in pairs]).double().square().mean().sqrt().item()
+
+    assert rms(in_sample, train) == pytest.approx(1.0, rel=1e-4)
+    assert rms(in_sample, fresh) > 1.3  # what an in-sample scale does on views it was not fitted on
+    assert rms(out_of_sample, fresh) == pytest.approx(1.0, abs=0.1)
+    # Each half's fit on the other half alone over-estimates (half the locations): 0.81 here.
+    assert stats["phi/two_fold_scale"] > stats["phi/target_scale"]
+
+
+def test_mean_square_residual_matches_the_residual_it_describes():
+    pairs = _linear_teachers(noise=1.0)
+    for pca in (None, 3):
+        phi = ClosedFormPhi(7, 5, out_channels=pca, ridge=0.1)
+        moments = FeatureMoments()
+        for x, y in pairs[:2]:
+            moments.update(x, y)
+        phi.fit(moments)
+        held_out = FeatureMoments()
+        for x, y in pairs[2:]:
+            held_out.update(x, y)
+        direct = torch.cat([phi(y, x) for x, y in pairs[2:]]).double().square().mean().item()
+        assert phi._mean_square_residual(held_out) == pytest.approx(direct, rel=1e-4)
+
+
 def test_standardising_a_fully_explained_residual_leaves_it_unscaled():
     # y = A x + b exactly: the residual is round-off; dividing by its RMS would amplify noise.
     phi = ClosedFormPhi(7, 5, ridge=1e-9, standardize=True)
