@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install stack data run retrain schedule test test-fast bench clean
+.PHONY: setup install stack data pretrain run retrain schedule test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -40,11 +40,16 @@ data: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc push -q
 
-run: setup data
+# Pretrain the backbones the run config's `pretraining:` section names (reused from the MLflow
+# registry when the same pretraining is registered already), then run the pipeline.
+pretrain: pretrain
+	$(VENV)/bin/zenml pipeline run pipelines.pretraining.pretraining_pipeline -c $(CONFIG)
+
+run: pretrain
 	$(VENV)/bin/zenml pipeline run $(PIPELINE) -c $(CONFIG)
 
 # Retrain only if the DVC data version changed since the champion (pipelines/retraining.py).
-retrain: setup data
+retrain: pretrain
 	$(VENV)/bin/zenml pipeline run pipelines.retraining.retraining_pipeline -c $(CONFIG)
 
 # Needs an orchestrator that can schedule (Kubernetes); on the local stack it says why it cannot.

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dtkd import models
-from dtkd.config import DistillStage, EvalConfig, ModelRef, TeacherStage
+from dtkd.config import DistillStage, EvalConfig, ModelRef, PretrainStage, TeacherStage
 from dtkd.data import STUDENT_VIEW, ClipDataset, DataConfig, ViewSpec, num_classes_of
 from dtkd.distill import DistillConfig, Distiller, TeacherRef, build_distiller
 from dtkd.engine import Trainer, TrainConfig, TrainResult
@@ -133,7 +133,7 @@ class Job:
                         device=device or default_device())
 
 
-def _loaders(stage: TeacherStage | DistillStage, manifest: pd.DataFrame, views: dict[str, ViewSpec]) -> dict:
+def _loaders(stage: TeacherStage | PretrainStage | DistillStage, manifest: pd.DataFrame, views: dict[str, ViewSpec]) -> dict:
     """The training dataset (every view) and the validation and test loaders (student view) of a
     stage. Validation: one view per clip, at the training batch size; test: the evaluation protocol."""
     data, student = stage.data, views[STUDENT_VIEW]
@@ -146,8 +146,10 @@ def _loaders(stage: TeacherStage | DistillStage, manifest: pd.DataFrame, views: 
 
 
 @STAGES.register("teacher")
-def _teacher_job(stage: TeacherStage, manifest: pd.DataFrame, teachers: Mapping[str, nn.Module]) -> Job:
-    """Fine-tune one teacher with cross-entropy (the ``none`` distiller) on the train split."""
+@STAGES.register("pretrain")
+def _teacher_job(stage: TeacherStage | PretrainStage, manifest: pd.DataFrame, teachers: Mapping[str, nn.Module]) -> Job:
+    """Train one model with cross-entropy (the ``none`` distiller) on the train split: a teacher
+    fine-tuned on the task, or any role's model pretrained on the pretraining corpus."""
     n = num_classes_of(manifest)
     torch.manual_seed(stage.train.seed)  # the initial weights follow the config's seed
     model = build_model(stage.model, n)
@@ -179,7 +181,7 @@ def _distill_job(stage: DistillStage, manifest: pd.DataFrame, teachers: Mapping[
                diagnostics=diagnostics)
 
 
-def build_job(stage: TeacherStage | DistillStage, manifest: pd.DataFrame, *,
+def build_job(stage: TeacherStage | PretrainStage | DistillStage, manifest: pd.DataFrame, *,
               teachers: Mapping[str, nn.Module] | None = None) -> Job:
     """Everything ``stage`` needs on ``manifest`` (``teachers``: {role: trained model} to distil from)."""
     return STAGES.get(stage.kind)(stage, manifest, teachers or {})

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dtkd.data.config import DataConfig
+from dtkd.data.config import DataConfig, SyntheticConfig
 from dtkd.data.views import ViewSpec
 from dtkd.distill.config import DistillConfig
 from dtkd.engine.config import TrainConfig
@@ -37,7 +37,8 @@ class ModelRef(_Strict):
     frames: Optional[int] = Field(None, gt=0, description="frames per clip (null: the model's standard input)")
     sampling_rate: Optional[int] = Field(None, gt=0, description="temporal stride in source frames (null: standard)")
     crop_size: Optional[int] = Field(None, gt=0, description="square crop in pixels (null: standard)")
-    pretrained: Optional[str] = Field(None, description="local file or URL of weights to start from")
+    pretrained: Optional[str] = Field(None, description="weights to start from: a local file, a URL, 'official', or "
+                                      "a registry URI models:/<name>@<alias> (resolved by the pipeline)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="passed to dtkd.models.build")
 
     def view(self) -> ViewSpec:
@@ -59,6 +60,46 @@ class TeacherConfig(ModelRef):
     # A ViT wants a far lower lr than a CNN; validated merged (DTKDConfig.teacher_train_config).
     training: dict[str, Any] = Field(
         default_factory=dict, description="keys of `training` that differ for this teacher (on top of `teacher_training`)")
+
+
+PRETRAIN_ROLES = ("cnn", "vit", "student")
+
+
+def _deep_merge(base: dict, top: Mapping[str, Any]) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _pretraining_data() -> DataConfig:
+    return DataConfig(root=Path("data/pretrain"), synthetic=SyntheticConfig(
+        vocabulary="pretrain", num_classes=30, clips_per_class={"train": 24, "val": 4, "test": 4},
+        size=32, difficulty="easy"), train_scale=(0.7, 1.0))
+
+
+class PretrainingConfig(_Strict):
+    """Pretraining on a broader corpus before fine-tuning on the task, as the paper starts every
+    model from Kinetics-400 (``pipelines.pretraining``). The models it registers are referenced by
+    ``models.<role>.pretrained: models:/<registry_prefix>-<role>@<alias>``."""
+
+    data: DataConfig = Field(default_factory=_pretraining_data, description="the pretraining corpus (default: the "
+                             "embedded one, 30 composed classes; a real user points it at Kinetics or sets "
+                             "`pretrained` to downloaded weights instead)")
+    roles: list[Literal["cnn", "vit", "student"]] = Field(["cnn", "vit"], description="models to pretrain")
+    training: dict[str, Any] = Field(default_factory=dict, description="keys of `training` that differ for pretraining")
+    registry_prefix: str = "dtkd-pretrained"
+    alias: str = Field("pretrained", description="alias the newest pretrained version gets")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_on_top_of_the_corpus(cls, values: Any) -> Any:
+        """``pretraining.data`` keys go on top of the embedded corpus's, not of ``data``'s defaults:
+        ``{data: {synthetic: {num_classes: 12}}}`` is still the pretraining vocabulary."""
+        if isinstance(values, dict) and isinstance(values.get("data"), dict):
+            values = {**values, "data": _deep_merge(_pretraining_data().model_dump(exclude_defaults=True),
+                                                    values["data"])}
+        return values
 
 
 class ModelsConfig(_Strict):
@@ -89,6 +130,17 @@ class TeacherStage(_Strict):
     kind: Literal["teacher"] = "teacher"
     role: Literal["cnn", "vit"]
     model: TeacherConfig
+    train: TrainConfig
+    data: DataConfig
+    evaluation: EvalConfig
+
+
+class PretrainStage(_Strict):
+    """Everything pretraining one model on the pretraining corpus uses (``DTKDConfig.pretrain_stage``)."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    role: Literal["cnn", "vit", "student"]
+    model: ModelRef  # the role's model and view, from scratch (its `pretrained` is not used)
     train: TrainConfig
     data: DataConfig
     evaluation: EvalConfig
@@ -141,6 +193,7 @@ class DTKDConfig(_Strict):
     distill: DistillConfig = DistillConfig()
     evaluation: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
+    pretraining: PretrainingConfig = PretrainingConfig()
 
     def teacher_ref(self, role: str) -> TeacherConfig:
         """``models.<role>_teacher`` for a teacher role (``cnn`` or ``vit``)."""
@@ -156,6 +209,24 @@ class DTKDConfig(_Strict):
     def distill_train_config(self) -> TrainConfig:
         """``training``, then ``distill_training``."""
         return _merged_train_config([("training", self.training.model_dump()), ("distill_training", self.distill_training)])
+
+    def role_ref(self, role: str) -> ModelRef:
+        """The model of a role: ``student`` or a teacher role."""
+        return self.models.student if role == "student" else self.teacher_ref(role)
+
+    def pretrain_train_config(self, role: str) -> TrainConfig:
+        """``training``, then (teachers) ``models.<role>_teacher.training``, then ``pretraining.training``."""
+        own = [] if role == "student" else [(f"models.{role}_teacher.training", self.teacher_ref(role).training)]
+        return _merged_train_config([("training", self.training.model_dump()), *own,
+                                     ("pretraining.training", self.pretraining.training)])
+
+    def pretrain_stage(self, role: str) -> PretrainStage:
+        """Pretrain ``role``'s model (its view, from scratch) on ``pretraining.data``."""
+        if role not in PRETRAIN_ROLES:
+            raise ValueError(f"unknown role {role!r}; known: {', '.join(PRETRAIN_ROLES)}")
+        ref = self._model_ref(self.role_ref(role)).model_copy(update={"pretrained": None})
+        return PretrainStage(role=role, model=ref, train=self.pretrain_train_config(role),
+                             data=self.pretraining.data, evaluation=self.evaluation)
 
     def teacher_stage(self, role: str) -> TeacherStage:
         return TeacherStage(role=role, model=self.teacher_ref(role), train=self.teacher_train_config(role),
@@ -206,6 +277,8 @@ def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> D
     try:
         for role in TEACHER_ROLES:
             cfg.teacher_train_config(role)
+        for role in cfg.pretraining.roles:
+            cfg.pretrain_train_config(role)
         cfg.distill_train_config()
     except _Layers as layered:
         err, origin, last = layered.err, layered.origin, layered.last

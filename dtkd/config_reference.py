@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from dtkd.config import DTKDConfig, EvalConfig, ModelRef, RegistryConfig, TeacherConfig
+from dtkd.config import DTKDConfig, EvalConfig, ModelRef, PretrainingConfig, RegistryConfig, TeacherConfig
 from dtkd.data.config import ClipsPerClass, DataConfig, StoreConfig, SyntheticConfig, ValSplitConfig
 from dtkd.distill.config import DistillConfig
 from dtkd.engine.config import TrainConfig
@@ -40,6 +40,9 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("distill", DistillConfig, "The distillation method and its hyper-parameters (docs/method.md)."),
     ("evaluation", EvalConfig, "The test protocol: `num_clips` x `num_crops` views per video."),
     ("registry", RegistryConfig, "Registered model names and the promotion gate's config file."),
+    ("pretraining", PretrainingConfig, "Pretraining on a broader corpus (`pipelines.pretraining`). `data` is a `data` "
+     "section; where its defaults differ from `data`'s: "
+     f"`{json.dumps(PretrainingConfig().data.model_dump(mode='json', exclude_defaults=True), sort_keys=True)}`."),
 ]
 
 

@@ -14,6 +14,8 @@ from zenml import Model, pipeline
 
 from dtkd.config import ConfigError, DTKDConfig, validate_config
 from dtkd_ops.gate import load_gate_config
+from dtkd_ops.home import tracking_uri
+from dtkd_ops.pretrained import pin_registry_refs
 from steps.distill import distill_student
 from steps.evaluate import evaluate_student
 from steps.ingest import ingest_data
@@ -35,8 +37,18 @@ def validated(config: dict) -> DTKDConfig:
     return validate_config(config, source="pipeline parameter", prefix="config")
 
 
+def pinned(cfg: DTKDConfig) -> DTKDConfig:
+    """``cfg`` with each ``pretrained: models:/name@alias`` pinned to the version the alias names
+    now (at compile time), so a step's cache key changes when the alias moves."""
+    try:
+        return pin_registry_refs(cfg, tracking_uri=tracking_uri())
+    except ValueError as err:
+        raise ConfigError(f"pipeline parameter: config.models: {err}") from None
+
+
 def train_and_register(cfg: DTKDConfig) -> None:
     """The DAG both pipelines share: each step gets the typed sections it uses, and only those."""
+    cfg = pinned(cfg)
     try:
         gate = load_gate_config(cfg.registry.gate_config)
     except (FileNotFoundError, ValueError) as err:

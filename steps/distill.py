@@ -11,6 +11,8 @@ from zenml import log_metadata, step
 from dtkd.assemble import build_job
 from dtkd.config import DistillStage
 from dtkd.data import manifest_fingerprint
+from dtkd_ops.home import tracking_uri
+from dtkd_ops.pretrained import resolve_ref
 from steps.checkpoints import checkpoint_dir, state_fingerprint
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat, numeric_leaves
 
@@ -19,6 +21,7 @@ from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat, numeric_
 def distill_student(
     manifest: pd.DataFrame, cnn_teacher: nn.Module, vit_teacher: nn.Module, stage: DistillStage
 ) -> tuple[Annotated[nn.Module, "student"], Annotated[list, "distill_diagnostics"]]:
+    stage = stage.model_copy(update={"student": resolve_ref(stage.student, tracking_uri=tracking_uri())})
     stage_json = stage.model_dump(mode="json")
     log_params_flat({k: stage_json[k] for k in ("distill", "train", "student")}, prefix="student.")
     job = build_job(stage, manifest, teachers={"cnn": cnn_teacher, "vit": vit_teacher})

@@ -12,6 +12,8 @@ from dtkd.assemble import build_job
 from dtkd.config import RegistryConfig, TeacherStage
 from dtkd.data import manifest_fingerprint
 from dtkd_ops import registry as mlflow_registry
+from dtkd_ops.home import tracking_uri
+from dtkd_ops.pretrained import resolve_ref
 from steps.checkpoints import checkpoint_dir
 from steps.data_version import current_data_tags
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
@@ -25,6 +27,7 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
         log_metadata(metadata={"source": f"models:/{registered_name}@{ref.registry_alias}"})
         return teacher.eval()
 
+    stage = stage.model_copy(update={"model": resolve_ref(ref, tracking_uri=tracking_uri())})
     stage_json = stage.model_dump(mode="json")
     log_params_flat({"model": stage_json["model"], "train": stage_json["train"]}, prefix=f"{role}_teacher.")
     job = build_job(stage, manifest)

@@ -24,6 +24,10 @@ def test_default_run_uses_the_data_dvc_tracks():
     run_data = load_config(REPO / "configs" / "default.yaml").data
     for field in ("dataset", "root", "split", "synthetic", "store"):
         assert getattr(run_data, field) == getattr(dvc_data, field), field
+    # The same for the pretraining corpus (DVC stage generate_pretraining_corpus).
+    dvc_corpus = DataConfig.model_validate(yaml.safe_load((REPO / "configs" / "data.yaml").read_text())["pretraining"])
+    run_corpus = load_config(REPO / "configs" / "default.yaml").pretraining.data
+    assert (run_corpus.root, run_corpus.synthetic) == (dvc_corpus.root, dvc_corpus.synthetic)
 
 
 def _default_dict() -> dict:
@@ -91,6 +95,35 @@ def test_teacher_overrides_apply_to_that_teacher_only():
     assert vit.model_dump(exclude={"lr", "epochs"}) == cnn.model_dump(exclude={"lr", "epochs"})
     with pytest.raises(ValueError, match="unknown teacher role 'student'; known: cnn, vit"):
         parsed.teacher_ref("student")
+
+
+def test_pretrain_stage_is_the_roles_model_from_scratch_on_the_corpus():
+    cfg = _default_dict()
+    cfg["models"]["vit_teacher"]["training"] = {"lr": 2e-4}
+    cfg["models"]["cnn_teacher"]["pretrained"] = "models:/dtkd-pretrained-cnn@pretrained"
+    cfg["pretraining"] = {"training": {"epochs": 2}, "roles": ["cnn", "vit", "student"]}
+    parsed = validate_config(cfg)
+    cnn = parsed.pretrain_stage("cnn")
+    assert cnn.kind == "pretrain" and cnn.model.pretrained is None  # never from its own weights
+    assert cnn.model.view() == parsed.teacher_ref("cnn").view()
+    assert cnn.data == parsed.pretraining.data and cnn.data.synthetic.vocabulary == "pretrain"
+    assert cnn.data.root != parsed.data.root
+    # training, then the teacher's own keys, then pretraining.training
+    assert (cnn.train.epochs, cnn.train.lr) == (2, parsed.training.lr)
+    assert (parsed.pretrain_stage("vit").train.lr, parsed.pretrain_stage("vit").train.epochs) == (2e-4, 2)
+    assert parsed.pretrain_stage("student").model.name == parsed.models.student.name
+    with pytest.raises(ValueError, match="unknown role 'teacher'"):
+        parsed.pretrain_stage("teacher")
+    cfg["pretraining"] = {"training": {"epoks": 2}}
+    with pytest.raises(ConfigError, match="pretraining.training.epoks: Extra inputs"):
+        validate_config(cfg)
+
+
+def test_a_registry_uri_reaching_the_core_is_refused_with_the_way_out():
+    from dtkd import models
+
+    with pytest.raises(ValueError, match="registry URI; resolve it.*dtkd_ops.pretrained"):
+        models.build("x3d_tiny", 3, pretrained="models:/dtkd-pretrained-cnn@pretrained")
 
 
 def test_the_configuration_reference_is_current():

@@ -59,6 +59,10 @@ def read_state_dict(source: Source) -> dict[str, torch.Tensor]:
     """A flat {key: tensor} from a path, URL or already-loaded dict, unwrapping common layouts."""
     if isinstance(source, Mapping):
         obj = source
+    elif isinstance(source, str) and source.startswith("models:/"):
+        # A model registry reference: the MLOps layer (dtkd_ops.pretrained) downloads it to a file.
+        raise ValueError(f"{source}: a registry URI; resolve it to a file first "
+                         "(dtkd_ops.pretrained.resolve_pretrained, which the pipelines call)")
     elif _is_url(source):
         obj = torch.hub.load_state_dict_from_url(str(source), map_location="cpu", progress=False, weights_only=True)
     else:

@@ -47,6 +47,7 @@ out["registered"] = {
 exp = mc.get_experiment_by_name("dtkd")
 out["metric_keys"] = sorted({k for r in mc.search_runs([exp.experiment_id]) for k in r.data.metrics})
 out["lr_params"] = {k: v for r in mc.search_runs([exp.experiment_id]) for k, v in r.data.params.items() if k.endswith("train.lr")}
+out["pretrained_params"] = {k: v for r in mc.search_runs([exp.experiment_id]) for k, v in r.data.params.items() if k.endswith("model.pretrained")}
 out["artifacts"] = sorted({a.path for r in mc.search_runs([exp.experiment_id]) for a in mc.list_artifacts(r.info.run_id)})
 zmodel = client.get_model("dtkd-student")
 out["zenml_model_versions"] = [
@@ -85,6 +86,10 @@ class Home:
         cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
         dtkd_cfg = cfg["parameters"]["config"]
         dtkd_cfg["data"]["root"] = str(self.data_repo / "data" / "synthetic")
+        # The teachers start from the backbones the pretraining pipeline registers, by reference.
+        dtkd_cfg["pretraining"]["data"]["root"] = str(self.data_repo / "data" / "pretrain")
+        for role in ("cnn", "vit"):
+            dtkd_cfg["models"][f"{role}_teacher"]["pretrained"] = f"models:/dtkd-pretrained-{role}@pretrained"
         # The real gate, with a latency budget no loaded CI machine can miss: this module is about
         # the pipeline; the gate's budgets have their own tests in tests/ops.
         gate = yaml.safe_load((REPO / "configs" / "gate.yaml").read_text())
@@ -127,6 +132,7 @@ def home(tmp_path_factory) -> Home:
     h = Home(tmp_path_factory.mktemp("pipeline"))
     _run([sys.executable, "-m", "pipelines.stack"], h.env)
     h.init_data_repo()
+    h.zenml_run("pipelines.pretraining.pretraining_pipeline")
     h.zenml_run("pipelines.training.training_pipeline")
     return h
 
@@ -177,6 +183,28 @@ def test_pipeline_runs_end_to_end_and_second_run_is_cached(home):
     production = [v for v in result["zenml_model_versions"] if v["stage"].endswith("production")]
     assert len(production) == 1 and production[0]["artifacts"]
     assert production[0]["mlflow"]["version"] == int(student["aliases"]["champion"])
+
+
+def test_teachers_are_fine_tuned_from_the_registered_pretrained_backbones(home):
+    result = home.query()
+    pretraining = [r for r in result["runs"] if r["pipeline"] == "pretraining_pipeline"]
+    assert pretraining and pretraining[-1]["status"].endswith("completed")
+    assert set(pretraining[-1]["steps"]) == {"ingest_pretraining_corpus", "validate_pretraining_corpus",
+                                             "pretrain_cnn", "pretrain_vit"}
+    for role in ("cnn", "vit"):
+        registered = result["registered"][f"dtkd-pretrained-{role}"]
+        assert registered["aliases"] == {"pretrained": "1"}
+        tags = registered["versions"]["1"]
+        assert tags["dtkd.role"] == f"pretrained_{role}" and tags["dtkd.data.dvc_hash"] not in ("", "none")
+        assert tags["dtkd.pretrain.key"]
+        # The alias was pinned to v1 and fetched as a state-dict file the teacher started from.
+        assert result["pretrained_params"][f"{role}_teacher.model.pretrained"].endswith(f"dtkd-pretrained-{role}-v1.pt")
+
+    # Pretraining again with nothing changed registers nothing new.
+    home.zenml_run("pipelines.pretraining.pretraining_pipeline")
+    again = home.query()
+    assert all(again["registered"][f"dtkd-pretrained-{r}"]["aliases"] == {"pretrained": "1"} for r in ("cnn", "vit"))
+    assert len(again["registered"]["dtkd-pretrained-cnn"]["versions"]) == 1
 
 
 def test_retraining_skips_unchanged_data_and_retrains_when_it_changes(home):
