@@ -1,0 +1,96 @@
+"""Which rows each table of the paper has, built on the config's distill section (each row
+changes only what its table varies). Several tables share configurations (Table 6's "SDB none"
+is Table 5's DATW row with L_SD off; Table 7's original pair is the ``dtkd`` row): such rows are
+the same cells, computed once, because cells are keyed by content, not by name."""
+from __future__ import annotations
+
+from typing import Optional
+
+from bench.methods import ablation_variants
+from bench.study.cells import Row
+from dtkd.distill import DISTILLERS, DistillConfig
+
+TABLES = ("1", "5", "6", "7", "8")
+TITLES = {
+    "quick": "Quick study: CE, single-teacher baselines and DT-KD",
+    "1": "Table 1: DT-KD against CE and the single-teacher baselines",
+    "5": "Table 5: teacher weighting of L_SR (L_SD off)",
+    "6": "Table 6: structure discrepancy branch (SDB)",
+    "7": "Table 7: other teacher pairs",
+    "8": "Table 8: cost and accuracy of every model",
+    "transfer": "Transfer: few labels, with and without the unlabelled transfer set",
+}
+BASELINES = ("kd-vit", "kd-cnn", "dkd", "at", "mgd", "rkd")  # single-teacher rows the best baseline is chosen from
+QUICK_ROWS = ("none", "kd-vit", "kd-cnn", "dtkd")  # CE, both single-teacher KDs (the best, on val), DT-KD
+FEW_LABELS = 16
+CE = Row("none", {"method": "none"})  # every row's reference: the study always runs it
+
+
+def table1(base: DistillConfig) -> list[Row]:
+    """CE, KD from each teacher alone, the other single-teacher baselines (they learn from
+    ``baseline_teacher``, the config's), DT-KD, then any other registered method."""
+    rows = [CE,
+            Row("kd-vit", {"method": "kd", "baseline_teacher": "vit"}),
+            Row("kd-cnn", {"method": "kd", "baseline_teacher": "cnn"})]
+    rows += [Row(m, {"method": m}) for m in ("dkd", "at", "mgd", "rkd", "dtkd")]
+    known = {"none", "kd", "dkd", "at", "mgd", "rkd", "dtkd"}
+    rows += [Row(m, {"method": m}) for m in DISTILLERS.names() if m not in known]
+    return rows
+
+
+def table5(base: DistillConfig) -> list[Row]:
+    return [Row(name, update) for name, update in ablation_variants(base) if "weighting" in update]
+
+
+def table6(base: DistillConfig) -> list[Row]:
+    """No SDB (L_SD off: the branch exists only to predict the residual), SE, NL, NL+SE; the base
+    config's SDB is the ``dtkd`` row."""
+    variants = {update["sdb"]: Row(name, update) for name, update in ablation_variants(base) if "sdb" in update}
+    variants[base.sdb] = Row(f"dtkd sdb={base.sdb}", {"method": "dtkd"})
+    return [Row("dtkd sdb=none (L_SD off)", {"method": "dtkd", "use_sd": False})] + \
+        [variants[s] for s in ("se", "nl", "nl+se") if s in variants]
+
+
+def table7(base: DistillConfig, teacher_ids: list[str]) -> list[Row]:
+    """DT-KD with every (ViT, CNN) pair of the study's teachers."""
+    vits = [t for t in teacher_ids if t.startswith("vit")]
+    cnns = [t for t in teacher_ids if t.startswith("cnn")]
+    return [Row(f"dtkd {v}+{c}", {"method": "dtkd"}, teachers=(("vit", v), ("cnn", c))) for v in vits for c in cnns]
+
+
+def transfer_field() -> Optional[str]:
+    """The distill config's switch for the unlabelled transfer set, if the library has one."""
+    names = [n for n, f in DistillConfig.model_fields.items() if "transfer" in n and f.annotation is bool]
+    return names[0] if names else None
+
+
+def transfer_rows(base: DistillConfig) -> tuple[list[Row], str]:
+    """DT-KD on few labels, without and with the transfer set; no rows (and why) when the library
+    has no boolean ``*transfer*`` field in DistillConfig."""
+    name = transfer_field()
+    if name is None:
+        return [], ("--transfer skipped: DistillConfig has no boolean field for the unlabelled transfer set "
+                    f"(fields: {', '.join(DistillConfig.model_fields)})")
+    rows = [Row(f"dtkd {FEW_LABELS} labels/class", {"method": "dtkd", name: False}, labels_per_class=FEW_LABELS),
+            Row(f"dtkd {FEW_LABELS} labels/class + transfer", {"method": "dtkd", name: True}, labels_per_class=FEW_LABELS)]
+    return rows, f"transfer set switched by distill.{name}"
+
+
+def study_tables(base: DistillConfig, tables: list[str], *, quick: bool, teacher_ids: list[str],
+                 transfer: bool) -> tuple[dict[str, list[Row]], list[str]]:
+    """({table: rows}, notes). Table 8 measures models; its accuracies come from the CE and DT-KD
+    rows, which it adds."""
+    notes: list[str] = []
+    if quick:
+        by_name = {r.name: r for r in table1(base)}
+        out = {"quick": [by_name[n] for n in QUICK_ROWS]}
+    else:
+        builders = {"1": lambda: table1(base), "5": lambda: table5(base), "6": lambda: table6(base),
+                    "7": lambda: table7(base, teacher_ids), "8": lambda: [r for r in table1(base) if r.name in ("none", "dtkd")]}
+        out = {t: builders[t]() for t in tables}
+    if transfer:
+        rows, note = transfer_rows(base)
+        notes.append(note)
+        if rows:
+            out["transfer"] = rows
+    return out, notes

@@ -1,0 +1,194 @@
+"""bench/reproduce.py: the paired statistics (hand-computed values), the cell key, a tiny study's
+last line, resuming from the cache, and a cell's exact reproducibility."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+import yaml
+from bench_loader import load_bench
+
+from dtkd.config import validate_config
+
+reproduce = load_bench("reproduce")  # puts the repository on sys.path: bench.study imports below
+
+from bench.study import stats  # noqa: E402
+from bench.study.cells import Row, cell_key  # noqa: E402
+from bench.study.tables import QUICK_ROWS, study_tables, table5, table6, table7  # noqa: E402
+from dtkd.distill import DistillConfig  # noqa: E402
+
+HEADLINE_KEYS = {"ce", "dtkd", "best_baseline", "best_baseline_name", "delta_ce_ci", "delta_best_ci", "teachers", "seeds"}
+
+
+def _tiny(data_root: str = "unused") -> dict:
+    """2 classes, 4 train / 2 val / 2 test clips each, 4-frame clips; a 2-class pretraining corpus."""
+    synth = dict(frames=8, size=32, fps=8, seed=0)
+    ref = dict(frames=4, sampling_rate=2, crop_size=32)
+    return {
+        "data": {"dataset": "synthetic", "root": data_root,
+                 "synthetic": {"num_classes": 2, "clips_per_class": {"train": 4, "val": 2, "test": 2}, **synth}},
+        "models": {"student": {"name": "x3d_tiny", **ref}, "cnn_teacher": {"name": "x3d_tiny_m", **ref},
+                   "vit_teacher": {"name": "mvit_tiny", **ref}},
+        "training": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.003, "scheduler": "cosine",
+                     "warmup_epochs": 0},
+        "distill": {"method": "dtkd", "prepare_max_batches": 1},
+        "evaluation": {"num_clips": 1, "batch_size": 4},
+        "pretraining": {"roles": ["cnn", "vit"], "data": {"dataset": "synthetic", "root": "unused", "synthetic": {
+            "vocabulary": "pretrain", "num_classes": 2, "clips_per_class": {"train": 4, "test": 2}, **synth}}},
+    }
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_mean_std_by_hand():
+    assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # sample std: sqrt((1 + 0 + 1) / 2)
+    assert stats.mean_std([0.5]) == (0.5, None)
+    assert stats.mean_std([]) == (None, None)
+
+
+def test_bootstrap_interval_by_hand():
+    # Two seeds: a resample's mean is 0 (p 1/4), 0.5 (1/2) or 1 (1/4); both tails hold > 2.5%.
+    assert stats.bootstrap_mean_ci([0.0, 1.0]) == (0.0, 1.0)
+    # Three seeds: the all-lowest and all-highest resamples each have p 1/27 = 3.7% > 2.5%.
+    lo, hi = stats.bootstrap_mean_ci([0.1, 0.2, 0.3])
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.3)
+    assert stats.bootstrap_mean_ci([0.25, 0.25, 0.25]) == (0.25, 0.25)
+    assert stats.bootstrap_mean_ci([0.3]) is None  # one seed: no interval
+    assert stats.bootstrap_mean_ci([0.1, 0.5, 0.2, 0.9]) == stats.bootstrap_mean_ci([0.1, 0.5, 0.2, 0.9])  # fixed RNG
+
+
+def test_paired_comparison_by_hand():
+    a = {0: 0.6, 1: 0.7, 2: 0.9, 3: 0.5}
+    b = {0: 0.5, 1: 0.5, 2: 0.6}  # seed 3 failed in b: left out of the pairs
+    cmp = stats.compare(a, b)
+    assert cmp["seeds"] == [0, 1, 2]
+    assert cmp["diffs"] == pytest.approx([0.1, 0.2, 0.3])
+    assert cmp["mean"] == pytest.approx(0.2) and cmp["std"] == pytest.approx(0.1)
+    assert cmp["ci"] == pytest.approx([0.1, 0.3]) and cmp["within_noise"] is False
+    noisy = stats.compare({0: 0.4, 1: 0.6}, {0: 0.5, 1: 0.5})  # diffs -0.1, +0.1: interval [-0.1, 0.1]
+    assert noisy["ci"] == pytest.approx([-0.1, 0.1]) and noisy["within_noise"] is True
+    single = stats.compare({0: 0.4}, {0: 0.5})
+    assert single["ci"] is None and single["within_noise"] is None
+
+
+# ---------------------------------------------------------------------------------- rows
+def test_tables_rows():
+    base = DistillConfig()
+    t5 = [DistillConfig.model_validate({**base.model_dump(), **r.update}) for r in table5(base)]
+    assert [c.weighting for c in t5] == ["uniform", "confidence", "discrepancy", "datw"] and not any(c.use_sd for c in t5)
+    t6 = table6(base)
+    assert [r.name for r in t6] == ["dtkd sdb=none (L_SD off)", "dtkd sdb=se", "dtkd sdb=nl", "dtkd sdb=nl+se"]
+    assert t6[-1].update == {"method": "dtkd"}  # the base's SDB is the dtkd row itself
+    t7 = table7(base, ["vit", "cnn", "vit2", "cnn2"])
+    assert [r.teachers for r in t7] == [(("vit", "vit"), ("cnn", "cnn")), (("vit", "vit"), ("cnn", "cnn2")),
+                                        (("vit", "vit2"), ("cnn", "cnn")), (("vit", "vit2"), ("cnn", "cnn2"))]
+    quick, _ = study_tables(base, [], quick=True, teacher_ids=["vit", "cnn"], transfer=False)
+    assert [r.name for r in quick["quick"]] == list(QUICK_ROWS)
+    kd_cnn = next(r for r in quick["quick"] if r.name == "kd-cnn")
+    assert kd_cnn.update == {"method": "kd", "baseline_teacher": "cnn"}
+
+
+# ------------------------------------------------------------------------------ cell key
+def test_cell_key_changes_with_every_input_and_only_then(monkeypatch):
+    from bench.study.cells import StudyContext, build_stage
+
+    def stage(data_root="unused", seed=0, **distill):
+        cfg = validate_config(_tiny(data_root))
+        ctx = StudyContext(config=cfg, manifest=None, teachers={}, refs={r: cfg.distill_stage().teachers[r] for r in
+                           ("vit", "cnn")}, cache_dir=None, threads=1)
+        return build_stage(ctx, Row("r", {"method": "dtkd", **distill}), seed)
+
+    base = dict(teacher_hashes={"vit": "a", "cnn": "b"}, student_init=None, seed=0, rows="r0", threads=1)
+    key = cell_key(stage(), **base)
+    assert key == cell_key(stage(), **base)  # stable
+    assert key == cell_key(stage(data_root="/elsewhere"), **base)  # where the data lies is not what it is
+    variants = [
+        (stage(tau=2.0), base), (stage(seed=1), base), (stage(), {**base, "seed": 1}),
+        (stage(), {**base, "teacher_hashes": {"vit": "a", "cnn": "c"}}), (stage(), {**base, "student_init": "s"}),
+        (stage(), {**base, "rows": "r1"}), (stage(), {**base, "threads": 2}),
+    ]
+    keys = {cell_key(s, **kw) for s, kw in variants}
+    assert key not in keys and len(keys) == len(variants)
+    import torch
+
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + "+other")
+    assert cell_key(stage(), **base) != key  # another torch build
+
+
+# ------------------------------------------------------------------------------ tiny runs
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """The quick study on the tiny config (1 epoch, 2 seeds, 1 process), run twice on one cache."""
+    tmp = tmp_path_factory.mktemp("study")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(_tiny()))
+    argv = ["--config", str(cfg), "--quick", "--seeds", "2", "--jobs", "1", "--epochs", "1",
+            "--cache-dir", str(tmp / "cache")]
+    runs = []
+    for i in range(2):
+        out, stdout = tmp / f"out{i}", io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = reproduce.main([*argv, "--out-dir", str(out)])
+        runs.append((code, json.loads((out / "results.json").read_text()), out, stdout.getvalue()))
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:phi_CNN fitted")
+def test_tiny_quick_study_last_line_and_outputs(tiny_study):
+    code, study, out, stdout = tiny_study[0]
+    assert code == 0
+    lines = stdout.strip().splitlines()
+    last = json.loads(lines[-1])
+    assert set(last) == HEADLINE_KEYS
+    assert last["seeds"] == [0, 1] and set(last["teachers"]) == {"vit", "cnn"}
+    assert last["best_baseline_name"] in {"kd-vit", "kd-cnn", "at"}
+    for k in ("ce", "dtkd", "best_baseline"):
+        assert 0.0 <= last[k] <= 1.0
+    for k in ("delta_ce_ci", "delta_best_ci"):
+        assert len(last[k]) == 2 and last[k][0] <= last[k][1]
+    assert last == study["headline"]
+    assert study["setup"]["cells"] == {"cached": 0, "computed": 10, "failed": 0}
+    assert study["setup"]["threads"] == 1 and study["setup"]["cpu"]
+    assert (out / "results.md").read_text().startswith("# Reproduction study")
+    assert {p.name for p in (out / "results").glob("*.png")} == {
+        "accuracy_tablequick.png", "curves_ce_vs_dtkd.png", "datw_weights.png", "per_class_gain.png"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:phi_CNN fitted")
+def test_second_run_recomputes_nothing(tiny_study):
+    (_, first, _, _), (code, second, _, _) = tiny_study
+    assert code == 0
+    assert second["setup"]["cells"] == {"cached": 10, "computed": 0, "failed": 0}
+    assert all(t["cached"] for t in second["teachers"].values())
+    assert second["headline"] == first["headline"]
+
+
+def _figures(cell: dict) -> dict:
+    """A cell's results without wall-clock figures and the (cache-dependent) data location."""
+    timing = {"seconds", "epoch_time_s", "clips_per_s"}
+    out = {k: v for k, v in cell.items() if k not in timing and k != "stage"}
+    out["history"] = [{k: v for k, v in h.items() if k not in timing} for h in cell["history"]]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:phi_CNN fitted")
+def test_a_cell_reproduces_exactly_from_a_fresh_cache(tmp_path):
+    """Teachers and one DT-KD cell, trained twice from nothing with the same threads: equal to the bit."""
+    runs = []
+    for i in range(2):
+        study = reproduce.run_study(validate_config(_tiny()), tables=["8"], seeds=1, jobs=1, threads=1,
+                                    cache_dir=tmp_path / f"cache{i}", epochs=1, latency_repeats=1)
+        assert study["setup"]["cells"]["computed"] == 2
+        runs.append(study)
+    a, b = ({k: _figures(cell) for k, cell in s["cells"].items()} for s in runs)
+    assert a == b and len(a) == 2
+    assert a[next(iter(a))]["history"] and "test_per_class" in a[next(iter(a))]
+    assert [t["state_hash"] for t in runs[0]["teachers"].values()] == [t["state_hash"] for t in runs[1]["teachers"].values()]
+    assert runs[0]["table8"]["claim"]["holds"] in (True, False)
