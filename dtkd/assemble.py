@@ -47,7 +47,7 @@ def build_model(ref: ModelRef, num_classes: int) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------- data
-def clip_dataset(manifest: pd.DataFrame, split: str, views: Mapping[str, ViewSpec], *, train: bool,
+def clip_dataset(manifest: pd.DataFrame, split: str | Sequence[str], views: Mapping[str, ViewSpec], *, train: bool,
                  data: DataConfig | None = None, evaluation: EvalConfig | None = None, seed: int = 0) -> ClipDataset:
     """The clips of one split: training (one random view per item) or evaluation
     (``evaluation.num_clips`` x ``num_crops`` views per item)."""
@@ -55,7 +55,7 @@ def clip_dataset(manifest: pd.DataFrame, split: str, views: Mapping[str, ViewSpe
     dataset = ClipDataset(manifest, split, views, train=train, num_clips=1 if train else evaluation.num_clips,
                           num_crops=1 if train else evaluation.num_crops, seed=seed, **data.dataset_kwargs())
     if len(dataset) == 0:
-        raise ValueError(f"the manifest has no clips in split {split!r}")
+        raise ValueError(f"the manifest has no clips in split {dataset.split!r}")
     return dataset
 
 
@@ -139,10 +139,20 @@ def _loaders(stage: TeacherStage | PretrainStage | DistillStage, manifest: pd.Da
     data, student = stage.data, views[STUDENT_VIEW]
     val_set = clip_dataset(manifest, validation_split(manifest), {STUDENT_VIEW: student}, train=False, data=data)
     return {
-        "train": clip_dataset(manifest, "train", views, train=True, data=data, seed=stage.train.seed),
+        "train": clip_dataset(manifest, _training_splits(stage, manifest), views, train=True, data=data,
+                              seed=stage.train.seed),
         "val": eval_loader(val_set, batch_size=stage.train.batch_size, num_workers=data.num_workers),
         "test": test_loader(manifest, student, stage.evaluation, data),
     }
+
+
+def _training_splits(stage, manifest: pd.DataFrame) -> tuple[str, ...]:
+    """``train``, and the unlabelled transfer set when a distill stage asks for it."""
+    if getattr(getattr(stage, "distill", None), "transfer_set", False):
+        if not (manifest["split"] == "unlabelled").any():
+            raise ValueError("distill.transfer_set is on but the manifest has no unlabelled clips: set data.unlabelled")
+        return ("train", "unlabelled")
+    return ("train",)
 
 
 @STAGES.register("teacher")

@@ -30,7 +30,7 @@ from dtkd_ops._gx import GXRunner, failing_rows as _failing_rows
 from dtkd_ops.probe import decode_probe, probe_paths
 
 REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
-ALLOWED_SPLITS = ("train", "val", "test")
+ALLOWED_SPLITS = ("train", "val", "test", "unlabelled")  # unlabelled: the transfer set (no label checks)
 _ROW = "_row"
 
 log = logging.getLogger(__name__)
@@ -438,14 +438,16 @@ def run_quality_gate(
     clean_mask = ~table[_ROW].isin(quarantined_rows)
     clean_manifest = manifest[clean_mask.to_numpy()].reset_index(drop=True)
 
-    # 2. the clean videos: splits, label set
-    clean_table = table.loc[clean_mask, [_ROW, "video_id", "path", "label", "split"]].reset_index(drop=True)
+    # 2. the clean labelled videos: splits, label set (the transfer set's videos have no label:
+    # they pass the per-video and leakage checks above, and only those)
+    clean_table = table.loc[clean_mask & (table["split"] != "unlabelled"),
+                            [_ROW, "video_id", "path", "label", "split"]].reset_index(drop=True)
     results += [_result(check, res, *_describe(check, res, clean_table))
                 for check, res in _validate(gx_ctx, "clean_videos", clean_table, _clean_checks(rules), _ROW)]
 
     # 3. split x label counts of the clean videos: videos per class, balance
     labels = (list(rules.expected_labels) if rules.expected_labels is not None
-              else sorted(table["label"].astype(str).unique()))
+              else sorted(table.loc[table["split"] != "unlabelled", "label"].astype(str).unique()))
     splits = [s for s in ALLOWED_SPLITS if s in set(clean_table["split"]) | set(rules.required_splits)]
     cls = _class_table(clean_table, labels, splits)
     cls.insert(0, "_cell", range(len(cls)))

@@ -17,6 +17,7 @@ class ClipsPerClass(_Strict):
     train: int = Field(12, ge=1)
     val: int = Field(0, ge=0, description="validation clips (split id 3); 0: none, carve one with `data.val`")
     test: int = Field(6, ge=1)
+    unused: int = Field(0, ge=0, description="clips in no split (id 0): the pool `data.unlabelled: synthetic` reads")
 
 
 class SyntheticConfig(_Strict):
@@ -88,6 +89,8 @@ class DataConfig(_Strict):
     # quality gate to quarantine, "raise" stops, "skip" drops it with a warning.
     on_bad_video: Literal["raise", "flag", "skip"] = "flag"
     val: ValSplitConfig = ValSplitConfig()
+    unlabelled: Optional[str] = Field(None, description="the unlabelled transfer set (distill.transfer_set): a folder "
+                                      "of videos in any layout, or 'synthetic' (the generator's unused clips)")
 
     @field_validator("dataset")
     @classmethod

@@ -5,7 +5,7 @@ import copy
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ from dtkd.data.transforms import render_view
 from dtkd.data.video import read_frames
 from dtkd.data.views import ViewSpec
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "unlabelled")  # unlabelled: label_idx -1, the transfer set
 _REQUIRED = ("video_id", "path", "label_idx", "split", "frames")
 
 
@@ -53,7 +53,7 @@ class ClipDataset(Dataset):
     def __init__(
         self,
         manifest: pd.DataFrame,
-        split: str,
+        split: str | Sequence[str],
         views: Mapping[str, ViewSpec],
         train: bool,
         num_clips: int = 1,
@@ -65,8 +65,11 @@ class ClipDataset(Dataset):
         train_scale: tuple[float, float] = (0.25, 1.0),
         flip: bool = True,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r}; expected one of {SPLITS}")
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        unknown = [s for s in splits if s not in SPLITS]
+        if unknown or not splits:
+            raise ValueError(f"split={split!r}; expected one or more of {SPLITS}")
+        split = "+".join(splits)
         missing = [c for c in _REQUIRED if c not in manifest.columns]
         if missing:
             raise ValueError(f"manifest lacks columns {missing}; has {list(manifest.columns)}")
@@ -76,7 +79,7 @@ class ClipDataset(Dataset):
             raise ValueError(f"num_clips={num_clips}, num_crops={num_crops}: both must be >= 1")
         if train and (num_clips, num_crops) != (1, 1):
             raise ValueError("train mode renders one clip per item; num_clips and num_crops must be 1")
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        rows = manifest[manifest["split"].isin(splits)].reset_index(drop=True)
         if "ok" in rows.columns:  # flagged manifests: bad videos would fail at read time
             bad = rows.loc[~rows["ok"].astype(bool), "path"].tolist()
             if bad:

@@ -14,7 +14,8 @@ from dtkd.data.video import probe_video
 MANIFEST_COLUMNS = ["video_id", "path", "label", "label_idx", "split", "frames", "fps", "width", "height"]
 FLAG_COLUMNS = ["ok", "error"]
 ON_ERROR = ("raise", "flag", "skip")
-_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "unlabelled": 3}
+UNLABELLED = -1  # label_idx of a transfer-set clip (split "unlabelled")
 
 
 def build_manifest(
@@ -51,7 +52,14 @@ def build_manifest(
                              f"and {e.path})")
         seen[e.video_id] = str(e.path)
 
-    paths = [os.path.abspath(e.path) for e in index.entries]
+    return probed_manifest(index.entries, position, on_error=on_error, verify=verify, workers=workers, what=dataset)
+
+
+def probed_manifest(entries, position: dict[str, int], *, on_error: str = "raise", verify: str = "first_frame",
+                    workers: int = 1, what: str = "dataset") -> pd.DataFrame:
+    """Manifest rows of ``entries`` (``label_idx`` from ``position``, -1 for an unlabelled clip),
+    each video probed; ``on_error`` as in :func:`build_manifest`."""
+    paths = [os.path.abspath(e.path) for e in entries]
     probe = lambda p: probe_video(p, verify=verify)  # noqa: E731
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -60,21 +68,22 @@ def build_manifest(
         probes = [probe(p) for p in paths]
 
     rows, bad = [], []
-    for e, path, info in zip(index.entries, paths, probes):
+    for e, path, info in zip(entries, paths, probes):
         if not info["ok"]:
             if on_error == "raise":
                 raise VideoDecodeError(path, info["error"])
             bad.append(f"{path} ({info['error']})")
             if on_error == "skip":
                 continue
-        row = dict(video_id=e.video_id, path=path, label=e.label, label_idx=position[e.label],
+        row = dict(video_id=e.video_id, path=path, label=e.label,
+                   label_idx=UNLABELLED if e.split == "unlabelled" else position[e.label],
                    split=e.split, frames=info["frames"], fps=info["fps"], width=info["width"],
                    height=info["height"])
         if on_error == "flag":
             row.update(ok=info["ok"], error=info["error"])
         rows.append(row)
     if bad and on_error == "skip":
-        warnings.warn(f"{dataset}: skipped {len(bad)} unreadable videos, e.g. {bad[0]}", stacklevel=2)
+        warnings.warn(f"{what}: skipped {len(bad)} unreadable videos, e.g. {bad[0]}", stacklevel=2)
 
     columns = MANIFEST_COLUMNS + (FLAG_COLUMNS if on_error == "flag" else [])
     df = pd.DataFrame(rows, columns=columns)
@@ -131,5 +140,6 @@ def num_classes_of(manifest: pd.DataFrame) -> int:
 
 def class_names(manifest: pd.DataFrame) -> list[str]:
     """Class names in label_idx order (only those present in the manifest)."""
-    pairs = manifest[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")
+    labelled = manifest[manifest["label_idx"] >= 0]
+    pairs = labelled[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")
     return pairs["label"].tolist()

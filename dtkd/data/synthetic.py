@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=12, help="train clips per class")
     parser.add_argument("--val", type=int, default=0, help="validation clips per class")
     parser.add_argument("--test", type=int, default=6, help="test clips per class")
+    parser.add_argument("--unused", type=int, default=0, help="clips per class in no split (an unlabelled pool)")
     parser.add_argument("--vocabulary", choices=sorted(VOCABULARIES), default="target")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
@@ -160,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     root = generate_synthetic(args.root, num_classes=args.num_classes,
-                              clips_per_class={"train": args.train, "val": args.val, "test": args.test},
+                              clips_per_class={"train": args.train, "val": args.val, "test": args.test,
+                                               "unused": args.unused},
                               frames=args.frames, size=args.size, fps=args.fps, seed=args.seed,
                               difficulty=args.difficulty, vocabulary=args.vocabulary,
                               overwrite=args.overwrite)
-    n = args.num_classes * (args.train + args.val + args.test)
+    n = args.num_classes * (args.train + args.val + args.test + args.unused)
     print(f"{root}: {n} clips, {args.num_classes} classes ({time.perf_counter() - start:.1f} s)")
     return 0
 

@@ -57,6 +57,11 @@ class DistillConfig(BaseModel):
         True, description="divide f_res by its training-set RMS (fixed when phi is fitted): L_SD ~ 1 for a zero prediction"
     )
 
+    # The unlabelled transfer set (data.unlabelled): clips no one labelled, on which the teacher
+    # terms apply and CE does not; mixed with the labelled train clips, cached like them.
+    transfer_set: bool = Field(False, description="distil on the unlabelled clips of data.unlabelled too (teacher terms "
+                               "only; CE is averaged over the labelled clips of each batch)")
+
     # Shared.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     baseline_teacher: Literal["vit", "cnn"] = Field("vit", description="role of the single teacher baselines use")
@@ -77,6 +82,13 @@ class DistillConfig(BaseModel):
         if v not in DISTILLERS:
             raise ValueError(f"unknown distillation method {v!r}; known: {', '.join(DISTILLERS.names())}")
         return v
+
+    @model_validator(mode="after")
+    def _transfer_needs_label_free_terms(self) -> "DistillConfig":
+        if self.transfer_set and self.method in ("none", "dkd"):
+            why = "CE alone learns nothing from them" if self.method == "none" else "DKD splits the target class off"
+            raise ValueError(f"transfer_set: method {self.method!r} cannot use unlabelled clips ({why})")
+        return self
 
     @model_validator(mode="after")
     def _pca_needs_dim(self) -> "DistillConfig":

@@ -221,7 +221,7 @@ class Distiller(TrainingModule):
         x = self._view(batch_inputs, STUDENT_VIEW)
         logits, feat = self._run(self.student, self.student_spec, x, self.needs_student_features, "student")
         teachers = self._gather_teachers(batch_inputs, teacher_outputs, logits.device) if self.active_teachers else {}
-        ce = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.label_smoothing)
+        ce = labelled_cross_entropy(logits, target, self.cfg.label_smoothing)
         terms = self.distill_terms(logits, feat, teachers, target)
         loss = ce
         for weight, value in terms.values():
@@ -297,6 +297,17 @@ class Distiller(TrainingModule):
         if missing or result.unexpected_keys:
             raise KeyError(f"training state does not fit this distiller: missing {missing[:5]}, "
                            f"unexpected {result.unexpected_keys[:5]}")
+
+
+def labelled_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """CE averaged over the labelled clips of the batch; target -1 marks a clip of the unlabelled
+    transfer set, which only the teacher terms see (0 for a batch with no label at all, not NaN)."""
+    labelled = target >= 0
+    if bool(labelled.all()):
+        return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+    if not bool(labelled.any()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits[labelled].float(), target[labelled], label_smoothing=label_smoothing)
 
 
 def build_distiller(

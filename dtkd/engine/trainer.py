@@ -315,8 +315,9 @@ class Trainer:
         f64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
         target = torch.as_tensor(batch["label"]).to(self.device)
         n = target.numel()
+        labelled = target >= 0  # -1: an unlabelled transfer-set clip (no accuracy to count)
         sums = {"n": torch.tensor(float(n), dtype=torch.float64, device=self.device), "loss": f64(loss) * n,
-                "correct": f64((out.logits.detach().argmax(1) == target).sum())}
+                "correct": f64((out.logits.detach().argmax(1) == target).sum()), "labelled": f64(labelled.sum())}
         sums.update({f"loss/{k}": f64(v) * n for k, v in out.losses.items()})
         return sums
 
@@ -325,10 +326,11 @@ class Trainer:
         n = sums.get("n", 0.0)
         out = {}
         for k, v in sums.items():
-            if k in ("n", "nonfinite"):
+            if k in ("n", "nonfinite", "labelled"):
                 continue
             name = "top1" if k == "correct" else k
-            out[prefix + name] = v / n if n else math.nan
+            d = sums.get("labelled", n) if k == "correct" else n
+            out[prefix + name] = v / d if d else math.nan
         return out
 
     # ------------------------------------------------------- checkpoint/resume

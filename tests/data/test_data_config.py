@@ -14,7 +14,7 @@ from dtkd.data.synthetic import generate_synthetic
 def test_defaults_are_the_embedded_synthetic_set():
     cfg = DataConfig()
     assert (cfg.dataset, cfg.root, cfg.split, cfg.num_workers) == ("synthetic", Path("data/synthetic"), 1, 0)
-    assert cfg.synthetic.clips_per_class.model_dump() == {"train": 12, "val": 0, "test": 6}
+    assert cfg.synthetic.clips_per_class.model_dump() == {"train": 12, "val": 0, "test": 6, "unused": 0}
     assert cfg.dataset_kwargs() == {"store": None, "backend": "pyav", "train_scale": (0.25, 1.0)}
 
 

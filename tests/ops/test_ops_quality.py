@@ -183,3 +183,28 @@ def test_repo_data_config_rules_load():
 
     rules = load_quality_rules(REPO_ROOT / "configs" / "data.yaml")
     assert rules.min_frames >= 1 and rules.max_quarantine_fraction <= 0.5
+
+
+def test_unlabelled_transfer_videos_pass_the_video_checks_and_skip_the_label_checks(dataset, quality_rules, tmp_path):
+    root, manifest = dataset
+    extra = []
+    for k in range(3):
+        path = write_video(tmp_path / "raw" / f"cam{k}.avi", frames=16, size=64, fps=8, seed=100 + k)
+        extra.append({"video_id": f"unlabelled/cam{k}.avi", "path": str(path), "label": "", "label_idx": -1,
+                      "split": "unlabelled", "frames": 16, "fps": 8.0, "width": 64, "height": 64})
+    tiny = write_video(tmp_path / "raw" / "tiny.avi", frames=16, size=16, fps=8, seed=200)
+    extra.append({**extra[0], "video_id": "unlabelled/tiny.avi", "path": str(tiny), "width": 16, "height": 16})
+    # A copy of a test video in the transfer set would leak test content into training.
+    test_row = manifest[manifest["split"] == "test"].iloc[0]
+    shutil.copy(test_row["path"], tmp_path / "raw" / "copy.avi")
+    extra.append({**extra[0], "video_id": "unlabelled/copy.avi", "path": str(tmp_path / "raw" / "copy.avi")})
+    rules = quality_rules.model_copy(update={"max_quarantine_fraction": 0.5})
+    report = run_quality_gate(pd.concat([manifest, pd.DataFrame(extra)], ignore_index=True), rules)
+    checks = {r.check: r for r in report.results}
+    # The label set and class balance see the labelled videos only.
+    assert checks["label_set"].success and checks["class_balance"].success
+    quarantined = dict(zip(report.quarantined["video_id"], report.quarantined["reason"]))
+    assert "width 16 < 32" in quarantined["unlabelled/tiny.avi"]
+    assert not checks["content_leakage"].success  # the copied test video is reported as leakage
+    clean = report.clean_manifest
+    assert {"unlabelled/cam0.avi", "unlabelled/cam1.avi", "unlabelled/cam2.avi"} <= set(clean["video_id"])
