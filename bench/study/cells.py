@@ -70,11 +70,16 @@ def distill_config(base: DistillConfig, update: Mapping[str, Any]) -> DistillCon
 
 
 def few_labels(manifest: pd.DataFrame, per_class: int) -> pd.DataFrame:
-    """The manifest with at most ``per_class`` train clips per class (the first by video id, so
-    the choice depends on the data only); validation and test untouched."""
-    train = manifest[manifest["split"] == "train"].sort_values("video_id").groupby("label_idx", sort=True).head(per_class)
-    rest = manifest[manifest["split"] != "train"]
-    return pd.concat([train, rest]).sort_index().reset_index(drop=True)
+    """The manifest with ``per_class`` labelled train clips per class (the first by video id, so
+    the choice depends on the data only); the other train clips become the unlabelled transfer
+    set (split ``unlabelled``, label -1), which only a row with ``transfer_set`` trains on: the
+    user with much raw video and few labels. Validation and test are untouched."""
+    train = manifest["split"] == "train"
+    keep = manifest[train].sort_values("video_id").groupby("label_idx", sort=True).head(per_class).index
+    out = manifest.copy()
+    rest = train & ~out.index.isin(keep)
+    out.loc[rest, "split"], out.loc[rest, "label"], out.loc[rest, "label_idx"] = "unlabelled", "", -1
+    return out.reset_index(drop=True)
 
 
 def build_stage(ctx: StudyContext, row: Row, seed: int) -> DistillStage:

@@ -192,3 +192,18 @@ def test_a_cell_reproduces_exactly_from_a_fresh_cache(tmp_path):
     assert a[next(iter(a))]["history"] and "test_per_class" in a[next(iter(a))]
     assert [t["state_hash"] for t in runs[0]["teachers"].values()] == [t["state_hash"] for t in runs[1]["teachers"].values()]
     assert runs[0]["table8"]["claim"]["holds"] in (True, False)
+
+
+def test_few_labels_keeps_n_per_class_and_turns_the_rest_into_the_transfer_set():
+    import pandas as pd
+
+    from bench.study.cells import few_labels
+
+    rows = [{"video_id": f"{c}{k}", "label": c, "label_idx": i, "split": "train"}
+            for i, c in enumerate("ab") for k in range(4)]
+    rows += [{"video_id": "t0", "label": "a", "label_idx": 0, "split": "test"}]
+    out = few_labels(pd.DataFrame(rows), 1)
+    assert out.loc[out["split"] == "train", "video_id"].tolist() == ["a0", "b0"]
+    pool = out[out["split"] == "unlabelled"]
+    assert len(pool) == 6 and set(pool["label_idx"]) == {-1} and set(pool["label"]) == {""}
+    assert out.loc[out["split"] == "test", "video_id"].tolist() == ["t0"]
