@@ -12,6 +12,10 @@ from bench.methods import _digest
 
 KEY_VERSION = 1  # bump when what a cached file holds, or how it is computed, changes
 _LOCATION_KEYS = ("root", "num_workers")  # where the data lies / how it is read, not what it is
+# Options added to the config after cells were cached, at their "off" value: they change no number,
+# so they do not change a key either (a cache stays valid when the library grows an option).
+_ADDED_OFF = {("data", "unlabelled"): None, ("data", "synthetic", "clips_per_class", "unused"): 0,
+              ("distill", "transfer_set"): False}
 
 
 def stage_json(stage) -> dict:
@@ -23,6 +27,12 @@ def stage_json(stage) -> dict:
     data["data"].get("store", {}).pop("dir", None)
     for ref in _model_refs(data):
         ref.pop("pretrained", None)
+    for path, off in _ADDED_OFF.items():
+        parent = data
+        for key in path[:-1]:
+            parent = parent.get(key, {}) if isinstance(parent, dict) else {}
+        if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == off:
+            del parent[path[-1]]
     return data
 
 

@@ -134,11 +134,13 @@ def plan(task: dict[str, Any]) -> Planned:
 
 def cached(task: dict[str, Any]) -> Optional[dict]:
     """The task's metadata when its weights are in the cache (checked before starting workers)."""
-    path = plan(task).path
-    if not path.exists():
+    p = plan(task)
+    if not p.path.exists():
         return None
-    _, meta = _load(path)
-    return {**meta, "path": str(path), "cached": True}
+    _, meta = _load(p.path)
+    if p.pre is None and p.stage.model.pretrained and not meta.get("pretrained"):  # cached before "from" was kept
+        meta["pretrained"] = {"from": p.stage.model.pretrained}
+    return {**meta, "path": str(p.path), "cached": True}
 
 
 def _pretrain(p: Planned, corpus) -> dict:
@@ -174,7 +176,8 @@ def prepare(task: dict[str, Any]) -> dict:
     state = job.model.state_dict()
     meta = {"id": spec.id, "role": spec.role, "model": stage.model.name, "note": spec.note, "key": p.key,
             "state_hash": state_hash(state), "val_top1": val.top1, "test_top1": test.top1, "test_top5": test.top5,
-            "pretrained": None if pre is None else {k: pre[k] for k in ("key", "corpus_test_top1", "seconds")},
+            "pretrained": ({"from": stage.model.pretrained} if stage.model.pretrained else None) if pre is None
+            else {k: pre[k] for k in ("key", "corpus_test_top1", "seconds")},
             "seconds": time.perf_counter() - t0 + (0.0 if pre is None or pre["cached"] else pre["seconds"])}
     _save(p.path, state, meta)
     log(f"teacher {spec.id}: val top-1 {100 * val.top1:.1f}%, test top-1 {100 * test.top1:.1f}%")

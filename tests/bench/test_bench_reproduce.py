@@ -207,3 +207,17 @@ def test_few_labels_keeps_n_per_class_and_turns_the_rest_into_the_transfer_set()
     pool = out[out["split"] == "unlabelled"]
     assert len(pool) == 6 and set(pool["label_idx"]) == {-1} and set(pool["label"]) == {""}
     assert out.loc[out["split"] == "test", "video_id"].tolist() == ["t0"]
+
+
+def test_an_option_added_later_at_its_off_value_keeps_the_key():
+    from bench.study.keys import stage_json
+    from dtkd.config import validate_config
+
+    base = {"models": {"student": {"name": "x3d_tiny"}, "cnn_teacher": {"name": "x3d_tiny_m"},
+                       "vit_teacher": {"name": "mvit_tiny"}}}
+    on = validate_config({**base, "distill": {"transfer_set": True}, "data": {"unlabelled": "synthetic"}})
+    off = stage_json(validate_config(base).distill_stage())
+    assert "transfer_set" not in off["distill"] and "unlabelled" not in off["data"]
+    assert "unused" not in off["data"]["synthetic"]["clips_per_class"]
+    turned_on = stage_json(on.distill_stage())
+    assert turned_on["distill"]["transfer_set"] is True and turned_on["data"]["unlabelled"] == "synthetic"
