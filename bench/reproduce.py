@@ -254,8 +254,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=REPO / "docs", help="results.md, results.json, results/*.png")
     p.add_argument("--extra-vit", default=EXTRA_TEACHERS["vit"], help="Table 7's second ViT (registry name)")
     p.add_argument("--extra-cnn", default=EXTRA_TEACHERS["cnn"], help="Table 7's second CNN (registry name)")
-    p.add_argument("--transfer", action="store_true", help="also the few-label rows with and without the "
-                   "unlabelled transfer set (skipped, with a message, while the library has no switch for it)")
+    p.add_argument("--transfer", action="store_true", help="also the few-label rows (16 labels per class): CE, DT-KD, "
+                   "and DT-KD on the other train clips as an unlabelled transfer set (distill.transfer_set)")
     p.add_argument("--latency-repeats", type=int, default=20, help="Table 8: forwards whose median is the latency")
     args = p.parse_args(argv)
     if args.seeds is None:
