@@ -8,7 +8,7 @@ from bench.methods import ablation_variants
 from bench.study.cells import Row
 from dtkd.distill import DISTILLERS, DistillConfig
 
-TABLES = ("1", "5", "6", "7", "8")
+TABLES = ("1", "5", "6", "7", "8", "terms")
 TITLES = {
     "quick": "Quick study: CE, single-teacher baselines and DT-KD",
     "1": "Table 1: DT-KD against CE and the single-teacher baselines",
@@ -16,6 +16,7 @@ TITLES = {
     "6": "Table 6: structure discrepancy branch (SDB)",
     "7": "Table 7: other teacher pairs",
     "8": "Table 8: cost and accuracy of every model",
+    "terms": "Which term: DT-KD with one loss term off at a time",
     "transfer": "Transfer: few labels, with and without the unlabelled transfer set",
 }
 BASELINES = ("kd-vit", "kd-cnn", "dkd", "at", "mgd", "rkd")  # single-teacher rows the best baseline is chosen from
@@ -49,6 +50,14 @@ def table6(base: DistillConfig) -> list[Row]:
         [variants[s] for s in ("se", "nl", "nl+se") if s in variants]
 
 
+def terms(base: DistillConfig) -> list[Row]:
+    """DT-KD with each of its three terms off in turn (L_SD off is Table 6's "none" row, the same
+    cells): which term is responsible for a gain, or a loss."""
+    return [Row("dtkd", {"method": "dtkd"}), Row("dtkd use_sr=off", {"method": "dtkd", "use_sr": False}),
+            Row("dtkd sdb=none (L_SD off)", {"method": "dtkd", "use_sd": False}),
+            Row("dtkd use_rkd=off", {"method": "dtkd", "use_rkd": False})]
+
+
 def table7(base: DistillConfig, teacher_ids: list[str]) -> list[Row]:
     """DT-KD with every (ViT, CNN) pair of the study's teachers."""
     vits = [t for t in teacher_ids if t.startswith("vit")]
@@ -78,7 +87,8 @@ def study_tables(base: DistillConfig, tables: list[str], *, quick: bool, teacher
         out = {"quick": [by_name[n] for n in QUICK_ROWS]}
     else:
         builders = {"1": lambda: table1(base), "5": lambda: table5(base), "6": lambda: table6(base),
-                    "7": lambda: table7(base, teacher_ids), "8": lambda: [r for r in table1(base) if r.name in ("none", "dtkd")]}
+                    "7": lambda: table7(base, teacher_ids), "8": lambda: [r for r in table1(base) if r.name in ("none", "dtkd")],
+                    "terms": lambda: terms(base)}
         out = {t: builders[t]() for t in tables}
     if transfer:
         rows, note = transfer_rows(base)

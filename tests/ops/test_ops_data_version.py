@@ -109,7 +109,8 @@ def test_repo_dvc_yaml_reproduces_pushes_and_pulls(tmp_path):
     (repo / "configs").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "data.yaml").read_text())
-    cfg["data"]["synthetic"].update(num_classes=2, clips_per_class={"train": 3, "test": 2})
+    cfg["data"]["synthetic"].update(num_classes=2, clips_per_class={"train": 3, "val": 1, "test": 2})
+    cfg["pretraining"]["synthetic"].update(num_classes=3, clips_per_class={"train": 2, "val": 1, "test": 1})
     (repo / "configs" / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for pkg in ("dtkd", "dtkd_ops"):
         os.symlink(REPO_ROOT / pkg, repo / pkg)
@@ -124,9 +125,10 @@ def test_repo_dvc_yaml_reproduces_pushes_and_pulls(tmp_path):
         dvc(repo, "repro")
         v1 = data_version(repo, strict=True)
         assert set(v1.outs) == {"data/synthetic", "data/manifest.parquet", "data/quality/clean_manifest.parquet",
-                                "data/quality/quarantine.csv", "data/store"}
+                                "data/quality/quarantine.csv", "data/store", "data/pretrain"}
+        assert len(list((repo / "data" / "pretrain").rglob("*.avi"))) == 12  # the pretraining corpus
         report = yaml.safe_load((repo / "data" / "quality" / "report.json").read_text())
-        assert report["success"] and report["n_videos"] == 10
+        assert report["success"] and report["n_videos"] == 12
         assert "data/quality/report.json" in dvc(repo, "metrics", "show").stdout
         assert "up to date" in dvc(repo, "status").stdout.lower()
 

@@ -193,7 +193,7 @@ def test_teachers_are_fine_tuned_from_the_registered_pretrained_backbones(home):
                                              "pretrain_cnn", "pretrain_vit"}
     for role in ("cnn", "vit"):
         registered = result["registered"][f"dtkd-pretrained-{role}"]
-        assert registered["aliases"] == {"pretrained": "1"}
+        assert {k: int(v) for k, v in registered["aliases"].items()} == {"pretrained": 1}
         tags = registered["versions"]["1"]
         assert tags["dtkd.role"] == f"pretrained_{role}" and tags["dtkd.data.dvc_hash"] not in ("", "none")
         assert tags["dtkd.pretrain.key"]
@@ -203,7 +203,8 @@ def test_teachers_are_fine_tuned_from_the_registered_pretrained_backbones(home):
     # Pretraining again with nothing changed registers nothing new.
     home.zenml_run("pipelines.pretraining.pretraining_pipeline")
     again = home.query()
-    assert all(again["registered"][f"dtkd-pretrained-{r}"]["aliases"] == {"pretrained": "1"} for r in ("cnn", "vit"))
+    assert all({k: int(v) for k, v in again["registered"][f"dtkd-pretrained-{r}"]["aliases"].items()} == {"pretrained": 1}
+               for r in ("cnn", "vit"))
     assert len(again["registered"]["dtkd-pretrained-cnn"]["versions"]) == 1
 
 
