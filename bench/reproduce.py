@@ -1,7 +1,7 @@
 """The reproduction study, one command (issue 11): the paper's tables on the embedded benchmark,
 every row over several seeds, with paired intervals that say whether a gain is more than noise.
 
-    OMP_NUM_THREADS=1 python bench/reproduce.py --quick              # CE, KD-ViT, KD-CNN, AT, DT-KD x 3 seeds
+    OMP_NUM_THREADS=1 python bench/reproduce.py --quick              # CE, KD-ViT, KD-CNN, DT-KD x 3 seeds
     OMP_NUM_THREADS=1 python bench/reproduce.py                      # Tables 1, 5, 6, 7, 8 x 5 seeds
     OMP_NUM_THREADS=1 python bench/reproduce.py --tables 1 8 --seeds 3 --jobs 2 --threads 1
 
@@ -242,7 +242,7 @@ def make_plots(study: dict, out_dir: Path) -> dict[str, str]:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
-    p.add_argument("--quick", action="store_true", help=f"rows none, kd-vit, kd-cnn, at, dtkd; {QUICK_SEEDS} seeds "
+    p.add_argument("--quick", action="store_true", help=f"rows none, kd-vit, kd-cnn, dtkd; {QUICK_SEEDS} seeds "
                    "unless --seeds; --tables is ignored (no Table 7 teachers, no Table 8)")
     p.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES), help="tables of the full study")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 per row (default {FULL_SEEDS}; --quick {QUICK_SEEDS})")
