@@ -2,7 +2,7 @@
 every row over several seeds, with paired intervals that say whether a gain is more than noise.
 
     OMP_NUM_THREADS=1 python bench/reproduce.py --quick              # CE, KD-ViT, KD-CNN, DT-KD x 3 seeds
-    OMP_NUM_THREADS=1 python bench/reproduce.py                      # Tables 1, 5, 6, 7, 8 x 5 seeds
+    OMP_NUM_THREADS=1 python bench/reproduce.py                      # Tables 1, 5, 6, 7, 8 + terms x 5 seeds
     OMP_NUM_THREADS=1 python bench/reproduce.py --tables 1 8 --seeds 3 --jobs 2 --threads 1
 
 1. Teachers, once for the whole study (as in the paper): each starts from its ``pretrained``
