@@ -22,8 +22,10 @@ TAG_KEY = "dtkd.pretrain.key"
 
 
 def pretrain_key(stage: PretrainStage, manifest: pd.DataFrame) -> str:
-    """Names one pretraining: the stage (model, view, training, corpus config) and the corpus rows."""
-    payload = {"stage": stage.model_dump(mode="json"), "rows": manifest_fingerprint(manifest)}
+    """Names one pretraining: the stage (model, view, training, corpus config) and the corpus rows,
+    not where the corpus lies (its root, store folder and loader workers)."""
+    where = {"data": {"root": True, "num_workers": True, "store": {"dir"}}}
+    payload = {"stage": stage.model_dump(mode="json", exclude=where), "rows": manifest_fingerprint(manifest)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -67,3 +67,19 @@ def test_a_missing_pretrained_model_says_how_to_make_it(tmp_path):
     uri = sqlite_uri(tmp_path / "mlflow.db")
     with pytest.raises(ValueError, match="dtkd-pretrained-cnn.*run the pretraining pipeline first: make pretrain"):
         pin_registry_refs(_config(f"models:/{NAME}@pretrained"), tracking_uri=uri)
+
+
+def test_the_pretrain_key_names_the_pretraining_not_where_the_corpus_lies():
+    import pandas as pd
+
+    from dtkd.config import load_config
+    from steps.pretrain import pretrain_key
+
+    from ops_helpers import REPO_ROOT
+
+    stage = load_config(REPO_ROOT / "configs" / "default.yaml").pretrain_stage("cnn")
+    rows = pd.DataFrame({"video_id": ["a"], "label": ["x"], "split": ["train"]})
+    moved = stage.model_copy(update={"data": stage.data.model_copy(update={"root": "/elsewhere"})})
+    longer = stage.model_copy(update={"train": stage.train.model_copy(update={"epochs": 99})})
+    assert pretrain_key(moved, rows) == pretrain_key(stage, rows) != pretrain_key(longer, rows)
+    assert pretrain_key(stage, rows.assign(label=["y"])) != pretrain_key(stage, rows)
