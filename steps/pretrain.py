@@ -5,18 +5,15 @@ import hashlib
 import json
 from typing import Annotated
 
-import mlflow
 import pandas as pd
 from zenml import log_metadata, step
 
-from dtkd.assemble import build_job
 from dtkd.config import PretrainingConfig, PretrainStage
 from dtkd.data import manifest_fingerprint
 from dtkd_ops.home import tracking_uri
 from dtkd_ops.registry import ModelRegistry
-from steps.checkpoints import checkpoint_dir
 from steps.data_version import current_data_tags
-from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
+from steps.tracking import TRACKED, fit_and_test
 
 TAG_KEY = "dtkd.pretrain.key"
 
@@ -45,20 +42,13 @@ def pretrain_model(manifest: pd.DataFrame, stage: PretrainStage,
     found = _registered_before(registry, name, key)
     reused = found is not None
     if not reused:
-        stage_json = stage.model_dump(mode="json")
-        log_params_flat({"model": stage_json["model"], "train": stage_json["train"]}, prefix=f"pretrain_{stage.role}.")
-        job = build_job(stage, manifest)
-        job.fit(callbacks=[MlflowEpochLogger(prefix=f"pretrain_{stage.role}/")],
-                checkpoint_dir=checkpoint_dir(f"pretrain_{stage.role}", stage_json, manifest_fingerprint(manifest)))
-        test = job.evaluate()
-        metrics = {"top1": test.top1, "top5": test.top5}
-        mlflow.log_metrics({f"pretrain_{stage.role}/test_{k}": v for k, v in metrics.items()})
+        job, metrics = fit_and_test(stage, manifest, f"pretrain_{stage.role}")
         found = registry.register_candidate(
             job.model, registered_name=name, metrics=metrics, alias=pretraining.alias,
             params={"model": stage.model.name, "role": stage.role, "classes": int(manifest["label_idx"].max()) + 1},
             tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, **current_data_tags()},
             dataset_fingerprint=manifest_fingerprint(manifest), input_spec=stage.model.input_spec())
-        print(f"pretrained {stage.role} ({stage.model.name}): corpus test top-1 {test.top1:.4f}, "
+        print(f"pretrained {stage.role} ({stage.model.name}): corpus test top-1 {metrics['top1']:.4f}, "
               f"registered {name} v{found.version}")
     else:
         registry.client.set_registered_model_alias(name, pretraining.alias, str(found.version))

@@ -7,9 +7,12 @@ import mlflow
 
 from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import MLFlowExperimentTrackerSettings
 
+from dtkd.assemble import build_job
+from dtkd.data import manifest_fingerprint
 from dtkd_ops.home import EXPERIMENT_NAME, TRACKER_NAME
+from steps.checkpoints import checkpoint_dir
 
-__all__ = ["TRACKED", "MlflowEpochLogger", "log_params_flat", "log_confusion_matrix", "flatten", "numeric_leaves"]
+__all__ = ["TRACKED", "MlflowEpochLogger", "fit_and_test", "log_params_flat", "log_confusion_matrix", "flatten", "numeric_leaves"]
 
 # Step options for every step that logs to MLflow: the stack's tracker, and the experiment that
 # `pipelines.stack` created (dtkd_ops.home.ensure_mlflow_experiment) with an absolute artifact location.
@@ -71,3 +74,19 @@ def log_confusion_matrix(confusion, class_names: list[str], artifact_file: str =
     fig.tight_layout()
     mlflow.log_figure(fig, artifact_file)
     plt.close(fig)
+
+
+def fit_and_test(stage, manifest, name: str):
+    """Train a one-model stage as ``name`` (its config as MLflow params, its curves under
+    ``name/``, checkpoints keyed by its config and data), then test it with the run's multi-view
+    protocol (the trainer validates on one view) and log ``name/test_top1|top5``. Returns
+    (job, {"top1", "top5"})."""
+    stage_json = stage.model_dump(mode="json")
+    log_params_flat({"model": stage_json["model"], "train": stage_json["train"]}, prefix=f"{name}.")
+    job = build_job(stage, manifest)
+    job.fit(callbacks=[MlflowEpochLogger(prefix=f"{name}/")],
+            checkpoint_dir=checkpoint_dir(name, stage_json, manifest_fingerprint(manifest)))
+    test = job.evaluate()
+    metrics = {"top1": test.top1, "top5": test.top5}
+    mlflow.log_metrics({f"{name}/test_{k}": v for k, v in metrics.items()})
+    return job, metrics

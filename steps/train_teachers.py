@@ -3,20 +3,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import mlflow
 import pandas as pd
 from torch import nn
 from zenml import log_metadata, step
 
-from dtkd.assemble import build_job
 from dtkd.config import RegistryConfig, TeacherStage
 from dtkd.data import manifest_fingerprint
 from dtkd_ops import registry as mlflow_registry
 from dtkd_ops.home import tracking_uri
 from dtkd_ops.pretrained import resolve_ref
-from steps.checkpoints import checkpoint_dir
 from steps.data_version import current_data_tags
-from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat
+from steps.tracking import TRACKED, fit_and_test
 
 
 def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConfig) -> nn.Module:
@@ -28,15 +25,7 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
         return teacher.eval()
 
     stage = stage.model_copy(update={"model": resolve_ref(ref, tracking_uri=tracking_uri())})
-    stage_json = stage.model_dump(mode="json")
-    log_params_flat({"model": stage_json["model"], "train": stage_json["train"]}, prefix=f"{role}_teacher.")
-    job = build_job(stage, manifest)
-    job.fit(callbacks=[MlflowEpochLogger(prefix=f"{role}_teacher/")],
-            checkpoint_dir=checkpoint_dir(f"{role}_teacher", stage_json, manifest_fingerprint(manifest)))
-    # The run's multi-view test protocol, as the student gets (the trainer validates on one view).
-    test = job.evaluate()
-    metrics = {"top1": test.top1, "top5": test.top5}
-    mlflow.log_metrics({f"{role}_teacher/test_{k}": v for k, v in metrics.items()})
+    job, metrics = fit_and_test(stage, manifest, f"{role}_teacher")
     version = mlflow_registry.register_candidate(
         job.model,
         registered_name=registered_name,
