@@ -90,6 +90,7 @@ class _Run:
     opt: torch.optim.Optimizer
     sched: Any
     scaler: torch.amp.GradScaler
+    buffers: list[torch.Tensor] = field(default_factory=list)  # student/head buffers a skipped step restores
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # this epoch's running sums
     t0: float = 0.0  # when this epoch (or its resumed part) started
     clips0: int = 0  # clips already done in this epoch before the resume
@@ -198,7 +199,8 @@ class Trainer:
         if checkpoint is not None:
             self._restore(st, opt, sched, scaler, *checkpoint, sampler.steps_per_epoch)
         return _Run(plan=plan, loader=loader, sampler=sampler, val_loader=val_loader, params=[p for _, p in named],
-                    model=self._wrap(), opt=opt, sched=sched, scaler=scaler)
+                    model=self._wrap(), opt=opt, sched=sched, scaler=scaler,
+                    buffers=[b for n, b in self.distiller.named_buffers() if not n.startswith("teachers.")])
 
     def _loop(self, run: _Run, st: _State) -> TrainResult:
         dispatch(self.callbacks, "on_train_start", self)
@@ -247,7 +249,7 @@ class Trainer:
                         f"{st.nonfinite_run} consecutive non-finite losses/gradients (epoch {epoch}, step "
                         f"{st.step_in_epoch}/{run.sampler.steps_per_epoch}; max_nonfinite={cfg.max_nonfinite}). "
                         f"Those steps were skipped, the weights are the last finite ones; last good checkpoint: "
-                        f"{self.last_checkpoint or 'none (no checkpoint_dir)'}"
+                        f"{self._last_good()}"
                     )
             bar.update(1)
             if st.global_step % cfg.log_every == 0:
@@ -259,7 +261,7 @@ class Trainer:
             if (self.ckpt and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0
                     and st.step_in_epoch < run.sampler.steps_per_epoch):
                 st.sums = D.all_reduce_sums(run.sums, self.device)
-                self._save(st, run)
+                self._save_if_finite(st, run)
         bar.close()
 
     def _train_step(self, run: _Run, batch) -> tuple[bool, Any, torch.Tensor]:
@@ -267,6 +269,9 @@ class Trainer:
         inputs = {k: self._to_device(v) for k, v in batch["inputs"].items()}
         target = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True)
         extras = run.plan.extras(batch) if run.plan.extras is not None else {}
+        # The forward pass moves BatchNorm running statistics before the loss is known: keep a
+        # copy, so that a skipped (non-finite) step leaves every buffer as it found it.
+        saved = [b.detach().clone() for b in run.buffers]
         with self._autocast():
             out = run.model(inputs, target, **extras)
         loss = out.loss.float()
@@ -285,6 +290,10 @@ class Trainer:
         ok = D.all_true(finite, self.device)  # the step's one host sync
         if ok:
             scaler.step(opt)
+        else:
+            with torch.no_grad():
+                for buf, copy in zip(run.buffers, saved):
+                    buf.copy_(copy)
         scaler.update()
         opt.zero_grad(set_to_none=True)
         run.sched.step()  # the schedule follows the data position, skipped or not
@@ -307,7 +316,7 @@ class Trainer:
         st.history.append(metrics)
         st.epoch, st.step_in_epoch, st.sums = epoch + 1, 0, {}
         if self.ckpt:
-            self._save(st, run)
+            self._save_if_finite(st, run)
         return metrics
 
     def _batch_sums(self, out, loss: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
@@ -334,6 +343,20 @@ class Trainer:
         return out
 
     # ------------------------------------------------------- checkpoint/resume
+    def _last_good(self) -> str:
+        if self.last_checkpoint is not None:
+            return str(self.last_checkpoint)
+        return f"none yet in {self.ckpt.dir}" if self.ckpt else "none (no checkpoint_dir)"
+
+    def _save_if_finite(self, st: _State, run: _Run) -> None:
+        """A checkpoint only after a finite step: one written inside a streak of skipped steps
+        would be named "last good" while the streak might end the run."""
+        if st.nonfinite_run:
+            log.warning("checkpoint at step %d not written: the last %d step(s) were non-finite; last good: %s",
+                        st.global_step, st.nonfinite_run, self._last_good())
+            return
+        self._save(st, run)
+
     def _save(self, st: _State, run: _Run) -> None:
         rngs = D.gather_objects(rng_state())  # collective: every rank's RNG
         if not self.info.is_main:

@@ -66,18 +66,20 @@ class ToyClips(Dataset):
 
 
 class ToyNet(nn.Module):
-    """Conv3d -> ReLU -> Conv3d -> ReLU -> mean pool -> Linear; no normalisation layers."""
+    """Conv3d -> [BatchNorm3d] -> ReLU -> Conv3d -> ReLU -> mean pool -> Linear; normalisation
+    only with ``norm`` (its running statistics are buffers a forward pass moves)."""
 
-    def __init__(self, width: int = 8, num_classes: int = NUM_CLASSES, dropout: float = 0.0) -> None:
+    def __init__(self, width: int = 8, num_classes: int = NUM_CLASSES, dropout: float = 0.0, norm: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(3, width, 3, padding=1)
+        self.norm = nn.BatchNorm3d(width) if norm else nn.Identity()
         self.conv2 = nn.Conv3d(width, width, 3, padding=1)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
         self.features: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = F.relu(self.conv2(F.relu(self.conv1(x))))
+        f = F.relu(self.conv2(F.relu(self.norm(self.conv1(x)))))
         self.features = f
         return self.head(self.drop(f.mean(dim=(2, 3, 4))))
 
@@ -122,11 +124,12 @@ class ToyDistiller(Distiller):
         return StepOutput(logits, losses, sum(losses.values()))
 
 
-def toy_distiller(teachers: bool = False, seed: int = 0, dropout: float = 0.0, cache_views: int = 0) -> ToyDistiller:
+def toy_distiller(teachers: bool = False, seed: int = 0, dropout: float = 0.0, cache_views: int = 0,
+                  norm: bool = False) -> ToyDistiller:
     torch.manual_seed(1000)  # teachers: fixed "pretrained" weights whatever the student seed
     tmap = {"cnn": ToyNet(width=8), "vit": ToyNet(width=8)} if teachers else None
     torch.manual_seed(seed)
-    student = ToyNet(dropout=dropout)
+    student = ToyNet(dropout=dropout, norm=norm)
     return ToyDistiller(student, tmap, cache_views=cache_views)
 
 

@@ -104,10 +104,13 @@ def _batches_with(nan: set, n: int, batch: int, epoch: int, seed: int = 0) -> li
     return [j for j in range(len(idx) // batch) if nan & set(idx[j * batch : (j + 1) * batch])]
 
 
-def test_a_nonfinite_loss_skips_the_step_and_is_counted():
+@pytest.mark.parametrize("norm", [False, True], ids=["no-norm", "batchnorm"])
+def test_a_nonfinite_loss_skips_the_step_and_is_counted(norm):
+    # With BatchNorm, ``weights`` holds its running statistics too: the NaN batch's forward pass
+    # moved them, and the skipped step must put them back (not leave running_var = NaN).
     nan = {3}
     bad = _batches_with(nan, 16, 4, epoch=0)
-    d = toy_distiller()
+    d = toy_distiller(norm=norm)
     before = {}
 
     class Watch:
@@ -150,6 +153,30 @@ def test_consecutive_nonfinite_losses_stop_the_run_with_the_last_checkpoint_inta
     assert all(torch.equal(weights(d)[k], good[k]) for k in good)  # no NaN step touched the weights
     saved = torch.load(ckpts[0], weights_only=True)["model"]
     assert all(torch.equal(saved[f"student.{k}"], v) for k, v in good.items())
+
+
+def test_no_checkpoint_is_written_while_the_last_steps_were_nonfinite(tmp_path):
+    data = ToyClips(16)
+    d = toy_distiller(norm=True)
+
+    class PoisonAfterFirstEpoch:
+        def on_epoch_end(self, epoch, metrics):
+            data.nan = set(range(16))
+
+    # max_nonfinite above the 8 poisoned steps: the run ends "normally" inside the streak.
+    Trainer(d, fast_cfg(epochs=3, max_nonfinite=100), callbacks=[PoisonAfterFirstEpoch()], checkpoint_dir=tmp_path,
+            progress=False).fit(data)
+    ckpts = CheckpointManager(tmp_path).list()
+    assert [p.name for p in ckpts] == ["ckpt-000000004.pt"]
+    saved = torch.load(ckpts[0], weights_only=True)["model"]
+    assert all(torch.isfinite(v.float()).all() for v in saved.values())
+
+
+def test_the_stop_message_says_no_checkpoint_was_written_yet(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=f"last good checkpoint: none yet in {tmp_path}"):
+        Trainer(toy_distiller(), fast_cfg(epochs=1, max_nonfinite=2), checkpoint_dir=tmp_path,
+                progress=False).fit(ToyClips(16, nan_indices=range(16)))
+    assert CheckpointManager(tmp_path).list() == []
 
 
 def test_channels_last_trains_to_the_same_weights():
