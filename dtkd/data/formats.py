@@ -45,7 +45,14 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     """Non-empty stripped lines with 1-based numbers; tolerates CRLF (UCF101 lists use it)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
-    text = path.read_text(encoding="utf-8", errors="strict")
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise AnnotationError(path, f"line {line}", f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                              f"{err.start}); re-save the file as UTF-8") from None
+    except PermissionError as err:
+        raise PermissionError(f"{path}: cannot read the annotation file ({err.strerror})") from None
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 

@@ -45,6 +45,9 @@ def _open(path: str | os.PathLike):
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(p, "container has no video stream")
+    if container.streams.video[0].codec_context is None:  # e.g. an AVI FourCC FFmpeg does not know
+        container.close()
+        raise VideoDecodeError(p, "no decoder for its video codec (unknown to this FFmpeg build)")
     return container
 
 
@@ -104,7 +107,7 @@ def probe_video(path: str | os.PathLike, *, verify: str = "first_frame") -> dict
         info["error"] = exc.reason
     except StopIteration:
         info["error"] = "no decodable frame"
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a broken file raises, it is a flagged file, not a crash
         info["error"] = f"{type(exc).__name__}: {exc}"
     return info
 

@@ -249,6 +249,30 @@ def test_malformed_hmdb_line_names_file_and_line(hmdb_root, tmp_path):
         build_manifest("hmdb51", root)
 
 
+def test_split_file_that_is_not_utf8_names_file_line_and_byte(hmdb_root, tmp_path):
+    root = tmp_path / "h"
+    shutil.copytree(hmdb_root, root)
+    f = root / "testTrainMulti_7030_splits" / "cartwheel_test_split1.txt"
+    f.write_bytes(f.read_bytes() + b"caf\xff.avi 1\n")
+    with pytest.raises(AnnotationError, match=r"cartwheel_test_split1.txt \(line 3\): not UTF-8 text \(byte 0xff"):
+        build_manifest("hmdb51", root)
+
+
+def test_unknown_codec_is_flagged_naming_the_file(broken_hmdb):
+    """An AVI whose FourCC FFmpeg has no decoder for: flagged with its reason, the run goes on."""
+    root, missing, corrupt = broken_hmdb
+    _video(missing, 99)
+    _video(corrupt, 7)
+    data = corrupt.read_bytes()
+    assert data.count(b"FMP4") == 2  # the stream header's handler and the format's compression
+    corrupt.write_bytes(data.replace(b"FMP4", b"ZQZQ"))
+    m = build_manifest("hmdb51", root, on_error="flag").set_index("path")
+    assert not m.loc[str(corrupt), "ok"] and "no decoder for its video codec" in m.loc[str(corrupt), "error"]
+    assert m["ok"].sum() == 3
+    with pytest.raises(VideoDecodeError, match="Bodenturnen_2004_cartwheel_f_cm_np1_le_med_0.avi: no decoder"):
+        build_manifest("hmdb51", root)
+
+
 def test_ucf_list_with_unknown_class_names_file_and_line(ucf_root, tmp_path):
     root = tmp_path / "u"
     shutil.copytree(ucf_root, root)
