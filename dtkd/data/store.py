@@ -177,7 +177,7 @@ def build_store(
 
     sources = _sources(manifest)
     paths = dict(zip(manifest["video_id"].astype(str), manifest["path"].astype(str)))
-    with staged_dir(root) as tmp:
+    with staged_dir(root, "the clip store") as tmp:
         videos: dict[str, dict] = {}
         shards: list[dict] = []
         handle, written = None, 0

@@ -136,7 +136,7 @@ def generate_synthetic(
             raise FileExistsError(f"{root} exists and was not written by generate_synthetic with "
                                   "these parameters; pass overwrite=True to replace it")
 
-    with staged_dir(root) as tmp:
+    with staged_dir(root, "the synthetic dataset") as tmp:
         _write_tree(tmp, classes, counts, frames, size, fps, seed, nuisance, vocabulary)
         (tmp / META_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return root

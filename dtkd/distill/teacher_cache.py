@@ -17,14 +17,17 @@ train on the student's view alone, with the cached outputs handed to every step.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +38,7 @@ from dtkd.data.views import STUDENT_VIEW
 from dtkd.engine import distributed as D
 from dtkd.engine.contract import RunContext, TrainPlan
 from dtkd.engine.sampling import SeededViews, ViewKey
+from dtkd.fsutil import naming_disk_full
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # 2: keyed on the dataset content and the output shapes
@@ -127,6 +131,14 @@ class TeacherCache:
         if num_views < 1:
             raise ValueError("num_views must be >= 1")
         directory = Path(directory)
+        with _one_builder(directory), naming_disk_full(directory, "the teacher cache"), _no_leftovers(directory):
+            return cls._build(distiller, dataset, directory, num_views=num_views, batch_size=batch_size,
+                              device=device, amp_dtype=amp_dtype, num_workers=num_workers, collate_fn=collate_fn,
+                              channels_last=channels_last, progress=progress)
+
+    @classmethod
+    def _build(cls, distiller, dataset: SeededViews, directory: Path, *, num_views, batch_size, device, amp_dtype,
+               num_workers, collate_fn, channels_last, progress) -> "TeacherCache":
         info = D.current()
         shapes = _probe_shapes(distiller, dataset, device, amp_dtype, channels_last)
         want = {"format": FORMAT, "num_items": len(dataset), "num_views": num_views, "seed": dataset.seed,
@@ -154,6 +166,7 @@ class TeacherCache:
                 for f, shape in fields.items():
                     np.lib.format.open_memmap(tmp[t][f], mode="w+", dtype=np.float16,
                                               shape=(len(dataset), num_views, *shape)).flush()
+                    _allocate(tmp[t][f])
         D.barrier()
         arrays = {t: {f: np.load(p, mmap_mode="r+") for f, p in fields.items()} for t, fields in tmp.items()}
 
@@ -182,6 +195,54 @@ class TeacherCache:
         cache = cls(directory)
         log.info("teacher cache %s: %d clips x %d views, %.1f MiB", directory, len(dataset), num_views, cache.nbytes() / 2**20)
         return cache
+
+
+@contextmanager
+def _one_builder(directory: Path) -> Iterator[None]:
+    """One build of ``directory`` at a time across processes (two runs on one home): the second
+    waits for the first, then finds its cache fresh and reuses it. Only the main rank locks; the
+    other ranks of a DDP job follow it through the build's barriers."""
+    if not D.current().is_main:
+        yield
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("teacher cache %s is being built by another process: waiting for it", directory)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _no_leftovers(directory: Path) -> Iterator[None]:
+    """A failed build (a full disk, a teacher error, Ctrl-C) removes its temp files; the
+    directory then has no meta.json, so nothing reads it as a cache."""
+    try:
+        yield
+    except BaseException:
+        if D.current().is_main:
+            for part in directory.glob(".*.tmp"):
+                part.unlink(missing_ok=True)
+        raise
+
+
+def _allocate(path: Path) -> None:
+    """Reserve the file's blocks now: a memory-mapped write into a sparse file on a full disk
+    kills the process with SIGBUS; reserved up front, a full disk is an ENOSPC here instead."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: best effort
+            return
+        raise
+    finally:
+        os.close(fd)
 
 
 def _teacher_forward(distiller, inputs: dict, device, amp_dtype, channels_last) -> dict[str, dict[str, torch.Tensor]]:

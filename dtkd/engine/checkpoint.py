@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dtkd.fsutil import naming_disk_full
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
@@ -25,7 +27,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with naming_disk_full(path, "a checkpoint"), open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())

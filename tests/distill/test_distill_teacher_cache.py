@@ -204,3 +204,31 @@ def test_a_cache_without_a_directory_lives_only_as_long_as_fit(tmp_path, monkeyp
     result = Trainer(d, fast_cfg(epochs=1), progress=False).fit(ToyClips(8, views=("student", "cnn", "vit")))
     assert np.isfinite(result.final_metrics["train_loss/kd"])
     assert d.teacher_calls > 0 and not list(tmp_path.glob("dtkd-teacher-cache-*"))
+
+
+def test_two_builds_of_one_cache_at_once_both_succeed_and_agree(tmp_path):
+    # Two runs on one home used to share temp names: one renamed the other's file away and failed
+    # with FileNotFoundError. Now the second waits for the first and reuses its cache.
+    import threading
+
+    results, errors = {}, []
+    distillers = {k: toy_distiller(teachers=True) for k in ("a", "b")}
+
+    def build(name):
+        try:
+            views = SeededViews(ToyClips(64, views=("student", "cnn", "vit")), seed=0)
+            results[name] = TeacherCache.build(distillers[name], views, tmp_path / "cache", num_views=3, batch_size=4)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=build, args=(k,)) for k in distillers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    a, b = (np.array(results[k].arrays["cnn"]["logits"]) for k in ("a", "b"))
+    assert np.array_equal(a, b)
+    calls = sorted(d.teacher_calls for d in distillers.values())
+    assert calls[0] == 1 and calls[1] > 1  # one built it, the other only probed a shape and reused it
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
