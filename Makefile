@@ -42,7 +42,7 @@ data: install
 
 # Pretrain the backbones the run config's `pretraining:` section names (reused from the MLflow
 # registry when the same pretraining is registered already), then run the pipeline.
-pretrain: pretrain
+pretrain: setup data
 	$(VENV)/bin/zenml pipeline run pipelines.pretraining.pretraining_pipeline -c $(CONFIG)
 
 run: pretrain

@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import Iterator
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class DiskFullError(OSError):
     """The device holding ``filename`` is full. The message starts with the path and says so
     plainly (torch's own, for a checkpoint, is "[enforce fail at inline_container.cc] unexpected

@@ -7,7 +7,7 @@ DVC, torch) are imported by the submodule that needs them, so ``import dtkd_ops`
     from dtkd_ops.quality import QualityRules, run_quality_gate
     from dtkd_ops.registry import register_candidate, get_champion, load_model
     from dtkd_ops.gate import GateConfig, load_gate_config, evaluate_gate, promote_if_better
-    from dtkd_ops.data_version import data_version, data_cache_key
+    from dtkd_ops.data_version import data_version
 """
 
 __all__ = ["cli", "data_version", "evaluation", "gate", "probe", "quality", "registry", "runconfig", "stages"]

@@ -6,8 +6,9 @@ the cached data outputs (plus any ``*.dvc`` files from ``dvc add``) into one ``d
 Identical data gives the identical hash on any machine and checkout path; any changed byte of a
 tracked output changes it.
 
-:func:`data_cache_key` is the ZenML-free cache-key source: a ZenML ``CachePolicy`` /
-cache function in ``steps/`` can return it so a step's cache follows the data version.
+It names the data a run used (tags on runs and models) and drives the retraining decision; the
+pipeline's cache follows the data's content instead (``steps/materializers.py``), which also sees
+data that DVC does not track or that changed outside it.
 """
 from __future__ import annotations
 
@@ -146,17 +147,6 @@ def data_version(repo_dir: PathLike = ".", *, stages: Optional[Sequence[str]] = 
         lock_path=lock if lock.is_file() else None,
         outs=outs,
     )
-
-
-def data_cache_key(repo_dir: PathLike = ".", *, stages: Optional[Sequence[str]] = None) -> str:
-    """A cache key that changes exactly when the DVC-tracked data changes (ZenML-free).
-
-    Raises :class:`DataVersionError` when nothing is tracked: an empty key would silently reuse a
-    cache across different data."""
-    version = data_version(repo_dir, stages=stages, strict=True)
-    if version.dvc_hash is None:
-        raise DataVersionError(f"{Path(repo_dir).resolve()}: no DVC-tracked data (no {LOCK_FILE}, no .dvc files)")
-    return f"dvc:{version.dvc_hash}"
 
 
 # ----------------------------------------------------------------------------- DVC command line

@@ -6,24 +6,16 @@ Every failure is captured into the row (``decodable=False`` plus ``error``); not
 """
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 
+from dtkd.fsutil import file_sha256
+
 PROBE_COLUMNS = ["decodable", "frames", "declared_frames", "fps", "width", "height", "duration_s", "sha256",
                  "size_bytes", "error"]
-_HASH_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _empty(error: str) -> dict:
@@ -65,7 +57,9 @@ def decode_probe(path: str | Path) -> dict:
             "height": height, "duration_s": duration, "error": None}
 
 
-def probe_one(path: str | Path, *, probe: Callable[[str], dict] = decode_probe, hash_files: bool = True) -> dict:
+def probe_one(path: str | Path, *, probe: Callable[[str], dict] = decode_probe, hash_files: bool = True,
+              sha256: str | None = None) -> dict:
+    """One path's probe row; ``sha256``: the hash the manifest already computed (not recomputed)."""
     row = dict(probe(str(path)))
     row.setdefault("error", None)
     if "duration_s" not in row and "duration" in row:  # dtkd.data.probe_video's key name
@@ -75,7 +69,7 @@ def probe_one(path: str | Path, *, probe: Callable[[str], dict] = decode_probe, 
     p = Path(path)
     try:
         row["size_bytes"] = p.stat().st_size
-        row["sha256"] = file_sha256(p) if hash_files else None
+        row["sha256"] = (sha256 or file_sha256(p)) if hash_files else None
     except OSError as err:
         row["size_bytes"], row["sha256"] = None, None
         row["decodable"] = False
@@ -84,15 +78,17 @@ def probe_one(path: str | Path, *, probe: Callable[[str], dict] = decode_probe, 
 
 
 def probe_paths(paths: Iterable[str], *, workers: int = 1, probe: Callable[[str], dict] = decode_probe,
-                hash_files: bool = True) -> pd.DataFrame:
-    """Probe every path (in order); one row per path with :data:`PROBE_COLUMNS`."""
+                hash_files: bool = True, sha256: Iterable[str] | None = None) -> pd.DataFrame:
+    """Probe every path (in order); one row per path with :data:`PROBE_COLUMNS`. ``sha256``: the
+    manifest's hashes, in the same order (empty where unknown), reused instead of rehashing."""
     paths = list(paths)
-    fn = lambda p: probe_one(p, probe=probe, hash_files=hash_files)  # noqa: E731
+    known = list(sha256) if sha256 is not None else [None] * len(paths)
+    fn = lambda pk: probe_one(pk[0], probe=probe, hash_files=hash_files, sha256=pk[1] or None)  # noqa: E731
     if workers > 1 and len(paths) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            rows = list(pool.map(fn, paths))
+            rows = list(pool.map(fn, zip(paths, known)))
     else:
-        rows = [fn(p) for p in paths]
+        rows = [fn(pk) for pk in zip(paths, known)]
     df = pd.DataFrame(rows, columns=PROBE_COLUMNS)
     df["decodable"] = df["decodable"].astype(bool)
     for col in ("frames", "declared_frames", "width", "height", "size_bytes"):

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dtkd_ops._io import (atomic_write_json, atomic_write_text, format_validation_error, load_yaml_mapping,
                           write_manifest)
 from dtkd_ops._gx import GXRunner, failing_rows as _failing_rows
+from dtkd.data.manifest import known_sha256
 from dtkd_ops.probe import decode_probe, probe_paths
 
 REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
@@ -401,7 +402,8 @@ def run_quality_gate(
     manifest = manifest.reset_index(drop=True)
     t0 = time.perf_counter()
     stats = probe_paths(manifest["path"].astype(str), workers=workers, probe=probe,
-                        hash_files=rules.check_duplicates)
+                        hash_files=rules.check_duplicates,
+                        sha256=known_sha256(manifest))
     t_probe = time.perf_counter() - t0
 
     t1 = time.perf_counter()

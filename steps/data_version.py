@@ -1,4 +1,4 @@
-"""The DVC data version in ZenML: a cache key for the data steps and the retraining decision."""
+"""The DVC data version in ZenML: tags on runs and models, and the retraining decision."""
 from __future__ import annotations
 
 import os
@@ -16,13 +16,6 @@ def data_repo() -> Path:
     """The DVC project whose data version the pipeline records: this checkout, unless
     ``DTKD_DATA_REPO`` names another (a data repo shared by several training repos, or a test's)."""
     return Path(os.environ.get("DTKD_DATA_REPO", REPO_ROOT))
-
-
-def dvc_data_key() -> str:
-    """Part of the data steps' cache key: the DVC data version (a hash over dvc.lock's outputs).
-    A `dvc pull` or `dvc repro` that changes the data invalidates ZenML's cache even when the
-    config did not change, and no step ever hashes video bytes for it."""
-    return data_version(data_repo()).dvc_hash or "untracked"
 
 
 def current_data_tags() -> dict[str, str]:

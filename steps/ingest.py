@@ -5,14 +5,16 @@ from typing import Annotated
 
 import pandas as pd
 from zenml import log_metadata, step
-from zenml.config import CachePolicy
 
-from dtkd.data import DataConfig, prepare_manifest
-from steps.data_version import current_data_tags, dvc_data_key
+from dtkd.data import DataConfig, manifest_fingerprint, prepare_manifest
+from steps.data_version import current_data_tags
+from steps.materializers import ManifestMaterializer
 
 
-# Cache key = step code + data config + the DVC data version (see dvc_data_key).
-@step(cache_policy=CachePolicy(cache_func=dvc_data_key))
+# Never cached: it reads the data as it is now (every file probed and hashed), so a changed video
+# is seen even when its name, the config and the DVC version are not. The steps after it are
+# cached on the manifest's content (steps.materializers), so unchanged data retrains nothing.
+@step(enable_cache=False, output_materializers=ManifestMaterializer)
 def ingest_data(data: DataConfig) -> Annotated[pd.DataFrame, "manifest"]:
     manifest = prepare_manifest(data)
     log_metadata(
@@ -21,6 +23,7 @@ def ingest_data(data: DataConfig) -> Annotated[pd.DataFrame, "manifest"]:
             "classes": int(manifest["label"].nunique()),
             "per_split": {k: int(v) for k, v in manifest["split"].value_counts().items()},
             "root": str(data.root),
+            "fingerprint": manifest_fingerprint(manifest),
             **current_data_tags(),
         }
     )

@@ -12,10 +12,12 @@ from zenml.types import HTMLString
 
 from dtkd.data import DataConfig, prepare_store
 from dtkd_ops.quality import rules_for, run_quality_gate
+from steps.materializers import ManifestMaterializer
 from steps.tracking import TRACKED
 
 
-@step(**TRACKED)
+# Cached on the manifest's content; its clean manifest carries a content hash on to the steps after.
+@step(**TRACKED, output_materializers={"clean_manifest": ManifestMaterializer})
 def validate_data(
     manifest: pd.DataFrame, data: DataConfig, min_frames: int
 ) -> tuple[Annotated[pd.DataFrame, "clean_manifest"], Annotated[HTMLString, "data_docs"]]:

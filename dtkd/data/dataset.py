@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from dtkd.data.sampling import (eval_boxes, frame_indices, random_resized_box, random_window,
                                 uniform_windows)
+from dtkd.data.manifest import known_sha256
 from dtkd.data.store import ClipStore, file_sha256
 from dtkd.data.transforms import render_view
 from dtkd.data.video import read_frames
@@ -101,6 +102,7 @@ class ClipDataset(Dataset):
         self._rendered = tuple(self.views)
         self._ids = rows["video_id"].astype(str).tolist()
         self._paths = rows["path"].astype(str).tolist()
+        self._sha256 = known_sha256(rows)
         self._labels = rows["label_idx"].astype(int).tolist()
         self._frames = rows["frames"].astype(int).tolist()
         self.store = ClipStore(store) if store is not None and not isinstance(store, ClipStore) else store
@@ -134,7 +136,7 @@ class ClipDataset(Dataset):
         if self.store is not None:
             source = ["store", self.store.fingerprint]
         else:
-            source = ["files", [file_sha256(p) for p in self._paths]]
+            source = ["files", [sha or file_sha256(p) for p, sha in zip(self._paths, self._sha256)]]
         payload = [self.split, list(zip(self._ids, self._labels, self._frames)), source,
                    {k: v.model_dump(mode="json") for k, v in self.views.items()}, self.train, self.num_clips,
                    self.num_crops, self.seed, list(self.train_scale), self.flip, self.backend]

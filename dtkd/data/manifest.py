@@ -10,8 +10,12 @@ import pandas as pd
 from dtkd.data.errors import VideoDecodeError
 from dtkd.data.formats import DATASETS
 from dtkd.data.video import probe_video
+from dtkd.fsutil import file_sha256
 
-MANIFEST_COLUMNS = ["video_id", "path", "label", "label_idx", "split", "frames", "fps", "width", "height"]
+# size_bytes and sha256: each file's content identity, computed once here and reused by the
+# fingerprint, the checkpoint and cache keys, and the quality gate's duplicate check.
+MANIFEST_COLUMNS = ["video_id", "path", "label", "label_idx", "split", "frames", "fps", "width", "height",
+                    "size_bytes", "sha256"]
 FLAG_COLUMNS = ["ok", "error"]
 ON_ERROR = ("raise", "flag", "skip")
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "unlabelled": 3}
@@ -60,7 +64,7 @@ def probed_manifest(entries, position: dict[str, int], *, on_error: str = "raise
     """Manifest rows of ``entries`` (``label_idx`` from ``position``, -1 for an unlabelled clip),
     each video probed; ``on_error`` as in :func:`build_manifest`."""
     paths = [os.path.abspath(e.path) for e in entries]
-    probe = lambda p: probe_video(p, verify=verify)  # noqa: E731
+    probe = lambda p: {**probe_video(p, verify=verify), **file_identity(p)}  # noqa: E731
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             probes = list(pool.map(probe, paths))
@@ -78,7 +82,7 @@ def probed_manifest(entries, position: dict[str, int], *, on_error: str = "raise
         row = dict(video_id=e.video_id, path=path, label=e.label,
                    label_idx=UNLABELLED if e.split == "unlabelled" else position[e.label],
                    split=e.split, frames=info["frames"], fps=info["fps"], width=info["width"],
-                   height=info["height"])
+                   height=info["height"], size_bytes=info["size_bytes"], sha256=info["sha256"])
         if on_error == "flag":
             row.update(ok=info["ok"], error=info["error"])
         rows.append(row)
@@ -88,7 +92,7 @@ def probed_manifest(entries, position: dict[str, int], *, on_error: str = "raise
     columns = MANIFEST_COLUMNS + (FLAG_COLUMNS if on_error == "flag" else [])
     df = pd.DataFrame(rows, columns=columns)
     df = df.astype({"label_idx": "int64", "frames": "int64", "fps": "float64", "width": "int64",
-                    "height": "int64"})
+                    "height": "int64", "size_bytes": "int64", "sha256": "str"})
     order = df["split"].map(_SPLIT_ORDER)
     df = df.assign(_order=order).sort_values(["_order", "label", "video_id"], kind="stable")
     return df.drop(columns="_order").reset_index(drop=True)
@@ -124,13 +128,35 @@ def carve_validation(manifest: pd.DataFrame, fraction: float, *, seed: int = 0) 
     return df.drop(columns="_order").reset_index(drop=True)
 
 
+def file_identity(path: str | os.PathLike) -> dict:
+    """``{"size_bytes", "sha256"}`` of a file's bytes (0 and "" for a file that cannot be read:
+    the probe has flagged it already)."""
+    try:
+        return {"size_bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    except OSError:
+        return {"size_bytes": 0, "sha256": ""}
+
+
+def known_sha256(manifest: pd.DataFrame) -> list[str]:
+    """The manifest's per-file hashes in row order, "" where it has none (a hand-built manifest,
+    an unreadable file): callers hash those files themselves."""
+    if "sha256" not in manifest.columns:
+        return [""] * len(manifest)
+    return ["" if not isinstance(v, str) else v for v in manifest["sha256"]]
+
+
 def manifest_fingerprint(manifest: pd.DataFrame, split: str | None = None) -> str:
     """Names the data a model saw or was tested on, independently of where the files lie:
-    sha256 over the sorted (video_id, label, split) rows (of one split)."""
+    sha256 over the sorted (video_id, label, split, file sha256) rows (of one split). The file
+    contents are part of it: new bytes under old names are new data (a resumed checkpoint or a
+    cached step from the old bytes would be stale). A manifest without the ``sha256`` column
+    (built by hand) is named by its rows alone."""
     import hashlib
 
     df = manifest if split is None else manifest[manifest["split"] == split]
-    rows = sorted(f"{v}\t{lab}\t{s}" for v, lab, s in zip(df["video_id"], df["label"], df["split"]))
+    content = known_sha256(df)
+    rows = sorted(f"{v}\t{lab}\t{s}\t{c}" if c else f"{v}\t{lab}\t{s}"
+                  for v, lab, s, c in zip(df["video_id"], df["label"], df["split"], content))
     return "manifest:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 

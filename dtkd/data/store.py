@@ -26,19 +26,12 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from dtkd.data.video import read_all_frames
-from dtkd.fsutil import staged_dir
+from dtkd.fsutil import file_sha256, staged_dir
 
 FORMAT = "dtkd-clipstore/1"
 INDEX = "index.json"
 _CHUNK = 1 << 20
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resize_short_side(frames: torch.Tensor, short_side: int | None) -> torch.Tensor:
@@ -65,8 +58,8 @@ def _sources(manifest: pd.DataFrame) -> dict[str, dict]:
     dupes = ids[ids.duplicated()].unique().tolist()
     if dupes:
         raise ValueError(f"manifest has duplicate video_id values, e.g. {dupes[:3]}")
-    return {vid: {"path": str(path), "sha256": file_sha256(path)}
-            for vid, path in zip(ids, manifest["path"].astype(str))}
+    # Hashed here, not taken from the manifest: the store checks the files as they are now.
+    return {vid: {"path": str(path), "sha256": file_sha256(path)} for vid, path in zip(ids, manifest["path"].astype(str))}
 
 
 class ClipStore:
