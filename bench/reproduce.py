@@ -50,7 +50,7 @@ from bench.study.cells import StudyContext, make_cell, run_cells  # noqa: E402
 from bench.study.cost import table8  # noqa: E402
 from bench.study.pool import run_tasks  # noqa: E402
 from bench.study.report import write  # noqa: E402
-from bench.study.tables import CE, TABLES, TITLES, study_tables  # noqa: E402
+from bench.study.tables import CE, EXTRA_TABLES, TABLES, TITLES, study_tables  # noqa: E402
 from bench.study.teachers import TeacherSpec, cached, prepare, study_ref, teacher_specs  # noqa: E402
 from dtkd.config import DTKDConfig, load_config  # noqa: E402
 from dtkd.data import class_names, num_classes_of, prepare_manifest, prepare_store  # noqa: E402
@@ -244,7 +244,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     p.add_argument("--quick", action="store_true", help=f"rows none, kd-vit, kd-cnn, dtkd; {QUICK_SEEDS} seeds "
                    "unless --seeds; --tables is ignored (no Table 7 teachers, no Table 8)")
-    p.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES), help="tables of the full study")
+    p.add_argument("--tables", nargs="+", choices=TABLES + EXTRA_TABLES, default=list(TABLES),
+                   help="tables of the full study (default: all but 'tune', the selection grid on validation)")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds 0..N-1 per row (default {FULL_SEEDS}; --quick {QUICK_SEEDS})")
     p.add_argument("--jobs", type=int, default=2, help="worker processes for teachers and cells")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (recorded: results depend on it)")

@@ -8,7 +8,8 @@ from bench.methods import ablation_variants
 from bench.study.cells import Row
 from dtkd.distill import DISTILLERS, DistillConfig
 
-TABLES = ("1", "5", "6", "7", "8", "terms")
+TABLES = ("1", "5", "6", "7", "8", "terms")  # the full study's default
+EXTRA_TABLES = ("tune",)  # only when named: a selection grid, read on validation
 TITLES = {
     "quick": "Quick study: CE, single-teacher baselines and DT-KD",
     "1": "Table 1: DT-KD against CE and the single-teacher baselines",
@@ -18,6 +19,7 @@ TITLES = {
     "8": "Table 8: cost and accuracy of every model",
     "terms": "Which term: DT-KD with one loss term off at a time",
     "transfer": "Transfer: few labels, with and without the unlabelled transfer set",
+    "tune": "Selection on validation: temperature and the weights of L_SD and L_RKD",
 }
 BASELINES = ("kd-vit", "kd-cnn", "dkd", "at", "mgd", "rkd")  # single-teacher rows the best baseline is chosen from
 QUICK_ROWS = ("none", "kd-vit", "kd-cnn", "dtkd")  # CE, both single-teacher KDs (the best, on val), DT-KD
@@ -58,6 +60,23 @@ def terms(base: DistillConfig) -> list[Row]:
             Row("dtkd use_rkd=off", {"method": "dtkd", "use_rkd": False})]
 
 
+TUNE_TAUS = (1.0, 2.0, 4.0)
+TUNE_WEIGHTS = ((1.0, 1.0), (0.1, 0.1))  # (beta, gamma)
+
+
+def tune(base: DistillConfig) -> list[Row]:
+    """The grid the defaults are chosen from, on validation only: tau (shared by L_SR, KD and DKD,
+    so the KD baseline gets the same grid) x the weights of L_SD and L_RKD (beta, gamma). Rows at
+    the config's own values are the same cells as Table 1's, by content."""
+    rows = [CE]
+    for tau in TUNE_TAUS:
+        rows.append(Row(f"kd-cnn tau={tau:g}", {"method": "kd", "baseline_teacher": "cnn", "tau": tau}))
+        for beta, gamma in TUNE_WEIGHTS:
+            rows.append(Row(f"dtkd tau={tau:g} beta={beta:g} gamma={gamma:g}",
+                            {"method": "dtkd", "tau": tau, "beta": beta, "gamma": gamma}))
+    return rows
+
+
 def table7(base: DistillConfig, teacher_ids: list[str]) -> list[Row]:
     """DT-KD with every (ViT, CNN) pair of the study's teachers."""
     vits = [t for t in teacher_ids if t.startswith("vit")]
@@ -88,7 +107,7 @@ def study_tables(base: DistillConfig, tables: list[str], *, quick: bool, teacher
     else:
         builders = {"1": lambda: table1(base), "5": lambda: table5(base), "6": lambda: table6(base),
                     "7": lambda: table7(base, teacher_ids), "8": lambda: [r for r in table1(base) if r.name in ("none", "dtkd")],
-                    "terms": lambda: terms(base)}
+                    "terms": lambda: terms(base), "tune": lambda: tune(base)}
         out = {t: builders[t]() for t in tables}
     if transfer:
         rows, note = transfer_rows(base)
