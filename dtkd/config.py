@@ -7,6 +7,8 @@ load time with an error that names the key path, e.g. ``distill.tau``.
 """
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
@@ -41,6 +43,15 @@ class ModelRef(_Strict):
                                       "a registry URI models:/<name>@<alias> (resolved by the pipeline)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="passed to dtkd.models.build")
 
+    @model_validator(mode="after")
+    def _buildable(self) -> "ModelRef":
+        """Fail at validation, not in the step that builds the model: an unknown name, an option
+        the factory does not take, or a value it refuses (built once on the meta device)."""
+        problem = _model_problem(self.name, json.dumps(self.overrides, sort_keys=True, default=str))
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def view(self) -> ViewSpec:
         """The clip this model sees: its registry spec's standard input, with these overrides."""
         from dtkd import models
@@ -51,6 +62,28 @@ class ModelRef(_Strict):
     def input_spec(self) -> dict:
         """Name and view: what a registry entry needs to rebuild this model's test loader."""
         return {"model_name": self.name, **self.view().model_dump(mode="json")}
+
+
+@functools.lru_cache(maxsize=256)
+def _model_problem(name: str, overrides_json: str) -> Optional[str]:
+    """Why ``build(name, **overrides)`` would fail, or None. Builds on the meta device (no memory,
+    no weights loaded); a factory that cannot run there (it reads a tensor value) is not judged."""
+    import torch
+
+    from dtkd import models
+
+    overrides = json.loads(overrides_json)
+    try:
+        models.get_spec(name, **overrides)
+        with torch.device("meta"):
+            models.build(name, 2, **{k: v for k, v in overrides.items() if k != "pretrained"})
+    except (KeyError, TypeError, ValueError) as err:
+        return str(err.args[0]) if err.args else repr(err)
+    except (RuntimeError, NotImplementedError) as err:
+        if "meta" in str(err):
+            return None
+        return str(err)
+    return None
 
 
 class TeacherConfig(ModelRef):

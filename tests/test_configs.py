@@ -50,6 +50,13 @@ def _default_dict() -> dict:
         # Per-teacher overrides are validated merged with teacher_training, named where they are.
         (("models", "vit_teacher", "training"), {"lr": -1}, "models.vit_teacher.training.lr: Input should be greater than 0"),
         (("models", "cnn_teacher", "training"), {"epoks": 3}, "models.cnn_teacher.training.epoks: Extra inputs are not permitted"),
+        # Model options fail at validation, not in the step that builds the model (issue 13, item 5).
+        (("models", "student", "overrides"), {"spatial_stridez": [2, 2, 2, 1]},
+         "models.student: Value error, model 'x3d_tiny' does not accept override(s) ['spatial_stridez']"),
+        (("models", "student", "overrides"), {"spatial_strides": [2, 2]},
+         "models.student: Value error, spatial_strides: four strides of 1 or 2 (one per stage), got [2, 2]"),
+        (("models", "vit_teacher", "name"), "mvit_tinyy", "models.vit_teacher: Value error, unknown model 'mvit_tinyy'"),
+        (("training", "seed"), -1, "training.seed: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_value_fails_naming_the_key(tmp_path, path, value, message):

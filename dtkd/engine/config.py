@@ -39,7 +39,7 @@ class TrainConfig(BaseModel):
 
     num_workers: int = Field(0, ge=0)
     pin_memory: Optional[bool] = Field(None, description="None: on when training on CUDA")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seed of the model's initialisation and the training randomness")
 
     keep_last: int = Field(2, ge=1, description="checkpoints kept on disk")
     checkpoint_every: Optional[int] = Field(None, gt=0, description="also checkpoint every N steps")
