@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install stack data pretrain run retrain schedule test test-fast bench clean
+.PHONY: setup install stack check data pretrain run retrain schedule test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -42,11 +42,16 @@ data: install
 
 # Pretrain the backbones the run config's `pretraining:` section names (reused from the MLflow
 # registry when the same pretraining is registered already), then run the pipeline.
-pretrain: setup data
+pretrain: setup check data
 	$(VENV)/bin/zenml pipeline run pipelines.pretraining.pretraining_pipeline -c $(CONFIG)
 
 run: pretrain
 	$(VENV)/bin/zenml pipeline run $(PIPELINE) -c $(CONFIG)
+
+# The run config, before anything runs: unknown top-level keys (ZenML ignores them), every dtkd
+# key, the model options and the gate config, each error naming the file and the key.
+check: install
+	$(PY) -m pipelines.check_config $(CONFIG)
 
 # Retrain only if the DVC data version changed since the champion (pipelines/retraining.py).
 retrain: pretrain
