@@ -13,7 +13,7 @@ from dtkd.config import DistillStage
 from dtkd.data import manifest_fingerprint
 from dtkd_ops.home import tracking_uri
 from dtkd_ops.pretrained import resolve_ref
-from steps.checkpoints import checkpoint_dir, state_fingerprint
+from steps.checkpoints import state_fingerprint, step_checkpoints
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat, numeric_leaves
 
 
@@ -25,11 +25,9 @@ def distill_student(
     stage_json = stage.model_dump(mode="json")
     log_params_flat({k: stage_json[k] for k in ("distill", "train", "student")}, prefix="student.")
     job = build_job(stage, manifest, teachers={"cnn": cnn_teacher, "vit": vit_teacher})
-    result = job.fit(
-        callbacks=[MlflowEpochLogger(prefix="student/")],
-        checkpoint_dir=checkpoint_dir("student", stage_json, manifest_fingerprint(manifest),
-                                      state_fingerprint(cnn_teacher), state_fingerprint(vit_teacher)),
-    )
+    with step_checkpoints("student", stage_json, manifest_fingerprint(manifest), state_fingerprint(cnn_teacher),
+                          state_fingerprint(vit_teacher)) as directory:
+        result = job.fit(callbacks=[MlflowEpochLogger(prefix="student/")], checkpoint_dir=directory)
     diagnostics = job.diagnostics.records
     for entry in diagnostics:
         scalars = numeric_leaves({k: v for k, v in entry.items() if k != "epoch"}, prefix="datw/")

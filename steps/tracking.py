@@ -10,7 +10,7 @@ from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import M
 from dtkd.assemble import build_job
 from dtkd.data import manifest_fingerprint
 from dtkd_ops.home import EXPERIMENT_NAME, TRACKER_NAME
-from steps.checkpoints import checkpoint_dir
+from steps.checkpoints import step_checkpoints
 
 __all__ = ["TRACKED", "MlflowEpochLogger", "fit_and_test", "log_params_flat", "log_confusion_matrix", "flatten", "numeric_leaves"]
 
@@ -84,8 +84,8 @@ def fit_and_test(stage, manifest, name: str):
     stage_json = stage.model_dump(mode="json")
     log_params_flat({"model": stage_json["model"], "train": stage_json["train"]}, prefix=f"{name}.")
     job = build_job(stage, manifest)
-    job.fit(callbacks=[MlflowEpochLogger(prefix=f"{name}/")],
-            checkpoint_dir=checkpoint_dir(name, stage_json, manifest_fingerprint(manifest)))
+    with step_checkpoints(name, stage_json, manifest_fingerprint(manifest)) as directory:
+        job.fit(callbacks=[MlflowEpochLogger(prefix=f"{name}/")], checkpoint_dir=directory)
     test = job.evaluate()
     metrics = {"top1": test.top1, "top5": test.top5}
     mlflow.log_metrics({f"{name}/test_{k}": v for k, v in metrics.items()})
