@@ -50,7 +50,7 @@ def teacher_fingerprint(distiller: nn.Module) -> str:
     for name, p in distiller.named_parameters():
         if not p.requires_grad:
             h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

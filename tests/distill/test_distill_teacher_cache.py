@@ -232,3 +232,14 @@ def test_two_builds_of_one_cache_at_once_both_succeed_and_agree(tmp_path):
     calls = sorted(d.teacher_calls for d in distillers.values())
     assert calls[0] == 1 and calls[1] > 1  # one built it, the other only probed a shape and reused it
     assert not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_the_teacher_fingerprint_ignores_the_memory_layout():
+    # A 1x1x1 or depthwise conv weight in channels_last_3d has size-1 dims: "contiguous" by
+    # PyTorch's rule with a last stride > 1, which a byte view refused (training.channels_last).
+    from dtkd.distill.teacher_cache import teacher_fingerprint
+
+    torch.manual_seed(0)
+    frozen = torch.nn.Sequential(torch.nn.Conv3d(4, 4, 1), torch.nn.Conv3d(4, 4, 3, groups=4)).requires_grad_(False)
+    before = teacher_fingerprint(frozen)
+    assert teacher_fingerprint(frozen.to(memory_format=torch.channels_last_3d)) == before
