@@ -15,46 +15,70 @@ import pandas as pd
 from dtkd.fsutil import file_sha256
 
 PROBE_COLUMNS = ["decodable", "frames", "declared_frames", "fps", "width", "height", "duration_s", "sha256",
-                 "size_bytes", "error"]
+                 "size_bytes", "decode_errors", "timestamps_monotonic", "error"]
+VFR_TOLERANCE = 0.1  # timestamps' frame rate this far (relative) from the header's: the header is wrong
 
 
 def _empty(error: str) -> dict:
     return {"decodable": False, "frames": None, "declared_frames": None, "fps": None, "width": None, "height": None,
-            "duration_s": None, "error": error}
+            "duration_s": None, "decode_errors": None, "timestamps_monotonic": None, "error": error}
 
 
 def decode_probe(path: str | Path) -> dict:
-    """Decode all frames of the first video stream of ``path``.
+    """Decode all frames of the first video stream of ``path``, packet by packet.
 
-    Returns ``decodable, frames, declared_frames, fps, width, height, duration_s, error``;
-    ``frames`` counts decoded frames and ``declared_frames`` is the container header's count (a
-    truncated file decodes fewer); ``duration_s`` is frames / fps (what a clip sampler can use).
+    Returns ``decodable, frames, declared_frames, fps, width, height, duration_s,
+    decode_errors, timestamps_monotonic, error``. ``frames`` counts decoded frames and
+    ``declared_frames`` is the container header's count (a truncated or damaged file decodes
+    fewer). A packet that fails to decode is counted in ``decode_errors`` and decoding goes on
+    (garbage in the middle of a file). ``fps`` and ``duration_s`` come from the frames'
+    timestamps when there are two or more (a variable-frame-rate file's header rate can be far
+    off: its mean rate and its true span are used), else from the header rate.
     """
     import av  # PyAV: imported here so that the quality module imports without it
 
     path = Path(path)
     if not path.is_file():
         return _empty(f"file not found: {path}")
+    times: list[float] = []
+    errors = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 return _empty("no video stream")
             stream = container.streams.video[0]
+            if stream.codec_context is None:
+                return _empty("no decoder for its video codec")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = float(rate) if rate else None
+            header_fps = float(rate) if rate else None
             width, height = stream.codec_context.width, stream.codec_context.height
             declared = int(stream.frames) or None  # the container's claim; 0 = unknown
             frames = 0
-            for _ in container.decode(stream):
-                frames += 1
-    except Exception as err:  # any demux/decode failure makes the video undecodable
+            for packet in container.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    errors += 1
+                    continue
+                for frame in decoded:
+                    frames += 1
+                    if frame.time is not None:
+                        times.append(float(frame.time))
+    except Exception as err:  # any demux failure makes the video undecodable
         return _empty(f"{type(err).__name__}: {err}")
+    monotonic = all(b > a for a, b in zip(times, times[1:]))
     if frames == 0:
-        return {**_empty("no decodable frames"), "declared_frames": declared, "fps": fps, "width": width,
-                "height": height}
-    duration = frames / fps if fps else None
+        return {**_empty("no decodable frames"), "declared_frames": declared, "fps": header_fps, "width": width,
+                "height": height, "decode_errors": errors}
+    fps, duration = header_fps, (frames / header_fps if header_fps else None)
+    if len(times) == frames and frames >= 2 and monotonic and times[-1] > times[0]:
+        measured = (frames - 1) / (times[-1] - times[0])
+        if header_fps is None or abs(measured - header_fps) > VFR_TOLERANCE * header_fps:
+            fps = measured  # variable frame rate, or a wrong header: the timestamps are the truth
+        duration = times[-1] - times[0] + 1.0 / fps
     return {"decodable": True, "frames": frames, "declared_frames": declared, "fps": fps, "width": width,
-            "height": height, "duration_s": duration, "error": None}
+            "height": height, "duration_s": duration, "decode_errors": errors, "timestamps_monotonic": monotonic,
+            "error": None}
 
 
 def probe_one(path: str | Path, *, probe: Callable[[str], dict] = decode_probe, hash_files: bool = True,

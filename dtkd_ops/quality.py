@@ -52,9 +52,12 @@ class QualityRules(BaseModel):
 
     expected_labels: Optional[list[str]] = None  # the label set must equal this one
     expected_num_classes: Optional[int] = Field(None, gt=0)  # used when the names are not known
-    # header frame count minus decoded frames above which a video counts as truncated; containers
-    # over-report by a frame or two (B-frames), dtkd's loader tolerates 4 (dtkd.data.video)
-    max_missing_frames: int = Field(4, ge=0)
+    # header frames minus decoded frames above which a video counts as incomplete (truncated or
+    # damaged mid-file): the larger of an absolute tail (containers over-report by a frame or two,
+    # B-frames) and a fraction of the declared length, so the check scales with the video
+    max_missing_frames: int = Field(2, ge=0)
+    max_missing_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    max_decode_errors: int = Field(0, ge=0)  # packets that failed to decode (garbage inside the file)
     min_frames: int = Field(1, ge=1)  # clip length: frames x sampling rate of the longest view
     min_fps: float = Field(1.0, gt=0)
     max_fps: float = Field(120.0, gt=0)
@@ -232,9 +235,17 @@ def _video_checks(rules: QualityRules) -> list[_Check]:
         _Check("decodable", "quarantine", "every frame of the video decodes",
                gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
                lambda row: f"undecodable ({row['error']})"),
-        _Check("complete", "quarantine", "decodes every frame its header declares",
-               gxe.ExpectColumnValuesToBeBetween(column="missing_frames", max_value=r.max_missing_frames),
-               lambda row: f"truncated: decoded {row['frames']:.0f} of {row['declared_frames']:.0f} declared frames"),
+        _Check("complete", "quarantine", f"decoded frames >= declared - max({r.max_missing_frames}, "
+                                         f"{r.max_missing_fraction:g} x declared)",
+               gxe.ExpectColumnValuesToBeBetween(column="missing_excess", max_value=0),
+               lambda row: f"truncated or damaged: decoded {row['frames']:.0f} of {row['declared_frames']:.0f} "
+                           "declared frames"),
+        _Check("decode_errors", "quarantine", f"packets that fail to decode <= {r.max_decode_errors}",
+               gxe.ExpectColumnValuesToBeBetween(column="decode_errors", max_value=r.max_decode_errors),
+               lambda row: f"damaged: {row['decode_errors']:.0f} packet(s) failed to decode"),
+        _Check("monotonic_timestamps", "quarantine", "frame timestamps strictly increase",
+               gxe.ExpectColumnValuesToBeInSet(column="timestamps_monotonic", value_set=[True]),
+               lambda row: "frame timestamps go backwards or repeat (broken or spliced file)"),
         _Check("min_frames", "quarantine", f"decoded frames >= {r.min_frames} (clip length)",
                gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=r.min_frames),
                lambda row: f"{row['frames']:.0f} frames < clip length {r.min_frames}"),
@@ -308,7 +319,7 @@ def _check_manifest(manifest: pd.DataFrame) -> None:
         raise ValueError(f"manifest is missing column(s) {missing}; it has {list(manifest.columns)}")
 
 
-def _video_table(manifest: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+def _video_table(manifest: pd.DataFrame, stats: pd.DataFrame, rules: QualityRules) -> pd.DataFrame:
     t = manifest[list(REQUIRED_COLUMNS)].reset_index(drop=True).copy()
     t["video_id"] = t["video_id"].astype(str)
     t["path"] = t["path"].astype(str)
@@ -317,6 +328,9 @@ def _video_table(manifest: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     for col in ("frames", "declared_frames", "width", "height", "size_bytes"):  # floats; NaN = unknown
         t[col] = t[col].astype(float)
     t["missing_frames"] = t["declared_frames"] - t["frames"]  # NaN when either is unknown
+    allowed = (t["declared_frames"] * rules.max_missing_fraction).clip(lower=rules.max_missing_frames)
+    t["missing_excess"] = t["missing_frames"] - allowed  # > 0: incomplete; NaN: unknown
+    t["decode_errors"] = pd.to_numeric(t["decode_errors"], errors="coerce").astype(float)
     t["id_n_splits"] = t.groupby("video_id")["split"].transform("nunique").astype(int)
     has_hash = t["sha256"].notna()
     t["content_n_splits"] = 1
@@ -411,7 +425,7 @@ def run_quality_gate(
 
     t_import = time.perf_counter() - t1
     t1 = time.perf_counter()
-    table = _video_table(manifest, stats)
+    table = _video_table(manifest, stats, rules)
     gx_ctx = GXRunner(Path(docs_dir) if docs_dir is not None else None)
     results: list[CheckResult] = []
     reasons: dict[int, list[str]] = {}

@@ -43,7 +43,7 @@ def test_corrupted_videos_are_quarantined_and_fail_over_the_fraction(dataset, qu
     reasons = dict(zip(report.quarantined.path, report.quarantined.reason))
     assert set(reasons) == {str(truncated), str(garbage)}
     assert reasons[str(garbage)].startswith("undecodable (")
-    assert "truncated: decoded" in reasons[str(truncated)]
+    assert "truncated or damaged: decoded" in reasons[str(truncated)]
     assert truncated.exists() and garbage.exists(), "quarantine must never delete a file"
     assert len(report.clean_manifest) == 16
     assert not set(report.clean_manifest.path) & set(reasons)
@@ -208,3 +208,64 @@ def test_unlabelled_transfer_videos_pass_the_video_checks_and_skip_the_label_che
     assert not checks["content_leakage"].success  # the copied test video is reported as leakage
     clean = report.clean_manifest
     assert {"unlabelled/cam0.avi", "unlabelled/cam1.avi", "unlabelled/cam2.avi"} <= set(clean["video_id"])
+
+
+def _vfr_mkv(path: Path, gaps_ms: list[int], header_fps: int = 25) -> float:
+    """An MKV whose frames are ``gaps_ms`` apart (variable frame rate) while its header says
+    ``header_fps``; returns the true span in seconds from the first to the last frame."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=header_fps)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = fractions.Fraction(1, 1000)
+        t = 0
+        for i in range(len(gaps_ms) + 1):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            if i < len(gaps_ms):
+                t += gaps_ms[i]
+        for packet in stream.encode():
+            out.mux(packet)
+    return sum(gaps_ms) / 1000
+
+
+def test_a_variable_frame_rate_video_gets_its_rate_and_duration_from_timestamps(dataset, quality_rules, tmp_path):
+    _, manifest = dataset
+    vfr = Path(manifest.path[0]).with_suffix(".mkv")
+    span = _vfr_mkv(vfr, [100, 300, 150, 200] * 4)  # 17 frames over 3.0 s: 5.33 fps; the header says 25
+    manifest = manifest.copy()
+    manifest.loc[0, "path"] = str(vfr)
+    rules = quality_rules.model_copy(update={"min_duration_s": 2.5})
+    report = run_quality_gate(manifest, rules)
+    row = report.stats.iloc[0]
+    assert row["fps"] == pytest.approx(16 / span)
+    assert row["duration_s"] == pytest.approx(span + span / 16)  # the span plus one mean frame interval
+    assert str(vfr) not in set(report.quarantined.path)  # 3.2 s: long enough (frames / 25 fps: 0.68 s)
+
+
+def test_damage_inside_a_file_is_quarantined_as_such(dataset, quality_rules):
+    """Garbage in the middle of an AVI: most frames still decode (FFmpeg conceals the rest), so a
+    fixed tail tolerance let it through; the check scales with the declared length."""
+    import numpy as np
+
+    _, manifest = dataset
+    damaged = Path(manifest.path[0])
+    data = bytearray(damaged.read_bytes())
+    n = len(data)
+    data[n // 3: n // 3 + n // 6] = np.random.default_rng(2).integers(0, 255, n // 6, dtype=np.uint8).tobytes()
+    damaged.write_bytes(bytes(data))
+    report = run_quality_gate(manifest, quality_rules)
+    reasons = dict(zip(report.quarantined.path, report.quarantined.reason))
+    assert list(reasons) == [str(damaged)], reasons
+    damage = ("truncated or damaged: decoded", "packet(s) failed to decode", "frame timestamps go backwards")
+    assert any(d in reasons[str(damaged)] for d in damage), reasons
+    stats = report.stats.iloc[0]
+    assert 0 < stats["frames"] < 16 or stats["decode_errors"] > 0 or stats["timestamps_monotonic"] is False
