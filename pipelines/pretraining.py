@@ -11,6 +11,7 @@ from it by reference: ``models.cnn_teacher.pretrained: models:/dtkd-pretrained-c
 from __future__ import annotations
 
 from zenml import pipeline
+from zenml.enums import ExecutionMode
 
 from pipelines.training import validated
 from steps.ingest import ingest_data
@@ -18,7 +19,7 @@ from steps.pretrain import pretrain_model
 from steps.validate import validate_data
 
 
-@pipeline(enable_cache=True)
+@pipeline(enable_cache=True, execution_mode=ExecutionMode.FAIL_FAST)
 def pretraining_pipeline(config: dict) -> None:
     cfg = validated(config)
     data = cfg.pretraining.data

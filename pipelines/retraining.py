@@ -11,12 +11,13 @@ which ZenML's Kubernetes orchestrator turns into a CronJob; the local orchestrat
 from __future__ import annotations
 
 from zenml import pipeline
+from zenml.enums import ExecutionMode
 
 from pipelines.training import STUDENT_MODEL, train_and_register, validated
 from steps.data_version import check_data_version
 
 
-@pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL)
+@pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST)
 def retraining_pipeline(config: dict, force: bool = False) -> None:
     cfg = validated(config)
     decision = check_data_version(registered_name=cfg.registry.student_name, force=force)

@@ -11,6 +11,7 @@ override with a ``model:`` key in the run config).
 from __future__ import annotations
 
 from zenml import Model, pipeline
+from zenml.enums import ExecutionMode
 
 from dtkd.config import ConfigError, DTKDConfig, validate_config
 from dtkd_ops.gate import load_gate_config
@@ -66,6 +67,6 @@ def train_and_register(cfg: DTKDConfig) -> None:
                      registry=cfg.registry, **tested)
 
 
-@pipeline(enable_cache=True, model=STUDENT_MODEL)
+@pipeline(enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST)
 def training_pipeline(config: dict) -> None:
     train_and_register(validated(config))
