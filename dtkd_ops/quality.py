@@ -16,6 +16,7 @@ The gate passes when every dataset check passes and the quarantined fraction is 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,10 @@ class QualityReport:
     n_videos: int
     docs_path: Optional[Path] = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Videos under the data root that no split lists, and folders none of whose videos is listed
+    # (a class folder the split files forget): reported, not failed (run_quality_gate's data_root).
+    unlisted_videos: list[str] = field(default_factory=list)
+    unlisted_folders: list[str] = field(default_factory=list)
 
     @property
     def quarantine_fraction(self) -> float:
@@ -172,6 +177,11 @@ class QualityReport:
                 lines.append(f"  {row.path}: {row.reason}")
             if len(self.quarantined) > max_listed:
                 lines.append(f"  ... and {len(self.quarantined) - max_listed} more")
+        for what, items in (("video(s) on disk that no split lists", self.unlisted_videos),
+                            ("folder(s) with videos none of which is listed", self.unlisted_folders)):
+            if items:
+                shown = ", ".join(items[:5]) + (f", ... ({len(items) - 5} more)" if len(items) > 5 else "")
+                lines.append(f"Not in the dataset: {len(items)} {what}: {shown}")
         if self.docs_path:
             lines.append(f"Data Docs: {self.docs_path}")
         return "\n".join(lines)
@@ -196,6 +206,8 @@ class QualityReport:
                        for r in self.results},
             "docs_path": str(self.docs_path) if self.docs_path else None,
             "timings_s": self.timings,
+            "unlisted_videos": self.unlisted_videos,
+            "unlisted_folders": self.unlisted_folders,
         }
 
     def write(self, out_dir: str | Path, *, relative_to: str | Path | None = None) -> Path:
@@ -405,12 +417,14 @@ def run_quality_gate(
     docs_dir: str | Path | None = None,
     workers: int = 1,
     probe: Callable[[str], dict] = decode_probe,
+    data_root: str | Path | None = None,
 ) -> QualityReport:
     """Probe every video of ``manifest``, validate with Great Expectations, quarantine bad videos.
 
     ``docs_dir``: build a Data Docs HTML site there (``report.docs_path`` is its index.html).
     ``probe``: per-path probe returning decodable/frames/fps/width/height/duration_s/error
-    (default: decode every frame with PyAV).
+    (default: decode every frame with PyAV). ``data_root``: also list the videos under it that no
+    manifest row names, and the folders none of whose videos it names (reported, not failed).
     """
     _check_manifest(manifest)
     manifest = manifest.reset_index(drop=True)
@@ -478,11 +492,30 @@ def run_quality_gate(
     fraction_ok = (len(quarantined) / len(table) if len(table) else 0.0) <= rules.max_quarantine_fraction
     success = fraction_ok and all(r.success for r in results if r.kind == "dataset")
     stats_out = table.drop(columns=[_ROW])
+    unlisted, folders = unlisted_videos(data_root, manifest) if data_root is not None else ([], [])
     return QualityReport(
         success=success, results=results, quarantined=quarantined, clean_manifest=clean_manifest,
         stats=stats_out, rules=rules, n_videos=len(table), docs_path=docs_path,
         timings={"probe": t_probe, "gx_validate": t_gx, "data_docs": t_docs, "gx_import": t_import},
+        unlisted_videos=unlisted, unlisted_folders=folders,
     )
+
+
+VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"})
+
+
+def unlisted_videos(root: str | Path, manifest: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(videos under ``root`` that no manifest row names, folders holding videos none of which a
+    row names), sorted: what a split file forgot, or an extra class folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return [], []
+    listed = {os.path.realpath(p) for p in manifest["path"].astype(str)}
+    listed_dirs = {os.path.dirname(p) for p in listed}
+    on_disk = [p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+    missing = sorted(str(p) for p in on_disk if os.path.realpath(p) not in listed)
+    folders = sorted({str(p.parent) for p in on_disk if os.path.realpath(p.parent) not in listed_dirs})
+    return missing, folders
 
 
 def _validate(gx_ctx, suite: str, table: pd.DataFrame, checks: list, key: str) -> list[tuple]:

@@ -59,7 +59,7 @@ def cmd_quality(args) -> int:
     overrides = {k: v for k, v in section.items() if v is not None}  # null = derive from the data config
     rules = rules_for(cfg, manifest, **overrides)
     out = Path(args.out)
-    report = run_quality_gate(manifest, rules, docs_dir=out / "data_docs", workers=args.workers)
+    report = run_quality_gate(manifest, rules, docs_dir=out / "data_docs", workers=args.workers, data_root=cfg.root)
     report.write(out, relative_to=".")  # relative paths on disk, like the input manifest
     print(report.summary())
     return 0 if report.success else 1

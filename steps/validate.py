@@ -23,7 +23,7 @@ def validate_data(
 ) -> tuple[Annotated[pd.DataFrame, "clean_manifest"], Annotated[HTMLString, "data_docs"]]:
     rules = rules_for(data, manifest, min_frames=min_frames)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run_quality_gate(manifest, rules, docs_dir=Path(tmp) / "data_docs")
+        report = run_quality_gate(manifest, rules, docs_dir=Path(tmp) / "data_docs", data_root=data.root)
         mlflow.log_artifacts(str(report.docs_path), artifact_path="data_docs")
         html = HTMLString(report.index_html())
     mlflow.log_text(report.summary(), "quality_report.txt")

@@ -269,3 +269,21 @@ def test_damage_inside_a_file_is_quarantined_as_such(dataset, quality_rules):
     assert any(d in reasons[str(damaged)] for d in damage), reasons
     stats = report.stats.iloc[0]
     assert 0 < stats["frames"] < 16 or stats["decode_errors"] > 0 or stats["timestamps_monotonic"] is False
+
+
+def test_videos_and_class_folders_no_split_lists_are_reported(dataset, quality_rules):
+    root, manifest = dataset
+    root = Path(root)
+    stray = Path(manifest.path[0]).parent / "forgotten_0.avi"
+    shutil.copy(manifest.path[0], stray)
+    extra = root / "juggle"
+    extra.mkdir()
+    shutil.copy(manifest.path[1], extra / "juggle_0.avi")
+    report = run_quality_gate(manifest, quality_rules, data_root=root)
+    assert report.success  # reported, not failed
+    assert report.unlisted_videos == sorted([str(stray), str(extra / "juggle_0.avi")])
+    assert report.unlisted_folders == [str(extra)]
+    summary = report.summary()
+    assert "Not in the dataset: 2 video(s) on disk that no split lists" in summary and str(stray) in summary
+    assert f"1 folder(s) with videos none of which is listed: {extra}" in summary
+    assert report.to_dict()["unlisted_folders"] == [str(extra)]
