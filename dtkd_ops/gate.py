@@ -238,17 +238,18 @@ def promote_if_better(
     reg.tag_version(cand, {"dtkd.gate.decision": verdict, "dtkd.gate.report": decision.report})
     _log_gate_run(reg, registered_name, cand, decision, verdict)
     if decision.promote and not dry_run:
-        now = reg.get_champion(registered_name)
-        if (now.version if now else None) != (champ.version if champ else None):
-            # another promotion won meanwhile: this decision compared against a stale champion
-            decision.promote = False
-            decision.reasons = [f"champion moved to {now} while the gate ran (was {champ or 'none'}); "
-                                f"re-run the gate against the new champion"]
-            decision.report += "\n  FAIL  " + decision.reasons[0]
-            reg.tag_version(cand, {"dtkd.gate.decision": "stale"})
-            return decision
-        decision.candidate = str(reg.set_champion(registered_name, cand.version))  # the last write
-        decision.promoted = True
+        with reg.champion_lock(registered_name):  # the check and the move are one step
+            now = reg.get_champion(registered_name)
+            if (now.version if now else None) != (champ.version if champ else None):
+                # another promotion won meanwhile: this decision compared against a stale champion
+                decision.promote = False
+                decision.reasons = [f"champion moved to {now} while the gate ran (was {champ or 'none'}); "
+                                    f"re-run the gate against the new champion"]
+                decision.report += "\n  FAIL  " + decision.reasons[0]
+                reg.tag_version(cand, {"dtkd.gate.decision": "stale"})
+                return decision
+            decision.candidate = str(reg.set_champion(registered_name, cand.version))  # the last write
+            decision.promoted = True
     return decision
 
 

@@ -274,6 +274,28 @@ class ModelRegistry:
                 text = text[: _TAG_MAX - 20] + "\n...[truncated]"
             self.client.set_model_version_tag(ref.name, str(ref.version), key, text)
 
+    @contextlib.contextmanager
+    def champion_lock(self, registered_name: str) -> Iterator[None]:
+        """One champion move at a time: the gate reads the champion, checks it is still the one
+        it compared against, and moves the alias inside this block, so two concurrent promotes
+        cannot both win (MLflow has no compare-and-set for aliases). A local sqlite store locks a
+        file beside its database (every process on the machine); a store reached over HTTP
+        cannot be locked from here and is not (a team server needs its own: docs/mlops.md)."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            yield
+            return
+        import fcntl
+
+        db = Path(self.tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in registered_name)
+        with open(db.parent / f".{db.name}.{safe}.champion.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def set_champion(self, registered_name: str, version: int) -> ModelVersionRef:
         """Point ``champion`` at ``version``. Only the gate should call this. The replaced
         champion is recorded on the new one first; the alias update is the last, single write."""

@@ -169,3 +169,30 @@ def test_gate_reevaluates_both_models_on_a_manifest(registry, tmp_path, capsys):
         assert m["n"] == 4 and 0.0 <= m["top1"] <= 1.0 and m["params"] > 0 and m["latency_ms"] > 0
     assert decision["candidate_metrics"]["dataset_fingerprint"] == decision["champion_metrics"]["dataset_fingerprint"]
     assert registry.get_champion("student").version == 1
+
+
+@pytest.mark.slow
+def test_concurrent_promotes_have_exactly_one_winner(registry):
+    """Three `promote` processes at once, each with a candidate better than the champion: the
+    check of the champion and the move of the alias are one locked step, so exactly one wins and
+    the others exit non-zero, whatever the interleaving (issue "MLOps a platform team can trust").
+    The three candidates are the same model: a promote that starts after the winner moved the
+    alias compares against an equal champion and fails on the margin instead of racing."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for round_ in range(2):
+        registry.set_champion("student", _register(registry, 3.0, seed=50 + round_).version)
+        before = registry.get_champion("student").version
+        candidates = [_register(registry, 0.05, seed=2).version for _ in range(3)]
+        procs = [subprocess.Popen([sys.executable, "-m", "dtkd_ops.cli", "promote", "--tracking-uri",
+                                   registry.tracking_uri, "--model", "student", "--candidate", str(v),
+                                   "--gate-config", str(GATE_CFG)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env=env) for v in candidates]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        winners = [v for v, p in zip(candidates, procs) if p.returncode == EXIT_OK]
+        assert len(winners) == 1, outs
+        champion = registry.get_champion("student").version
+        assert champion == winners[0] != before
+        for v, p, out in zip(candidates, procs, outs):
+            if v != champion:
+                assert p.returncode == EXIT_FAILED and "champion unchanged" in out, out
+                assert registry.get_version("student", v).tags["dtkd.gate.decision"] in ("stale", "fail"), out
