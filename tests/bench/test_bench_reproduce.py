@@ -16,7 +16,7 @@ reproduce = load_bench("reproduce")  # puts the repository on sys.path: bench.st
 
 from bench.study import stats  # noqa: E402
 from bench.study.cells import Row, cell_key  # noqa: E402
-from bench.study.tables import QUICK_ROWS, study_tables, table5, table6, table7  # noqa: E402
+from bench.study.tables import KD_TAU, QUICK_ROWS, study_tables, table5, table6, table7  # noqa: E402
 from dtkd.distill import DistillConfig  # noqa: E402
 
 HEADLINE_KEYS = {"ce", "dtkd", "best_baseline", "best_baseline_name", "delta_ce_ci", "delta_best_ci", "teachers", "seeds"}
@@ -86,7 +86,10 @@ def test_tables_rows():
     quick, _ = study_tables(base, [], quick=True, teacher_ids=["vit", "cnn"], transfer=False)
     assert [r.name for r in quick["quick"]] == list(QUICK_ROWS)
     kd_cnn = next(r for r in quick["quick"] if r.name == "kd-cnn")
-    assert kd_cnn.update == {"method": "kd", "baseline_teacher": "cnn"}
+    assert kd_cnn.update == {"method": "kd", "baseline_teacher": "cnn", "tau": KD_TAU}  # its own tau, chosen on val
+    tune_rows = study_tables(base, ["tune"], quick=False, teacher_ids=["vit", "cnn"], transfer=False)[0]["tune"]
+    assert len(tune_rows) == 1 + 3 * 3  # CE, then per tau: KD-CNN and DT-KD at two (beta, gamma)
+    assert {r.update.get("tau") for r in tune_rows[1:]} == {1.0, 2.0, 4.0}
 
 
 # ------------------------------------------------------------------------------ cell key
