@@ -73,8 +73,7 @@ def _model_problem(name: str, overrides_json: str) -> Optional[str]:
     from dtkd import models
 
     overrides = json.loads(overrides_json)
-    try:
-        models.get_spec(name, **overrides)
+    try:  # build checks the name and the option names first, then the factory the values
         with torch.device("meta"):
             models.build(name, 2, **{k: v for k, v in overrides.items() if k != "pretrained"})
     except (KeyError, TypeError, ValueError) as err:

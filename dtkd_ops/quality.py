@@ -29,6 +29,7 @@ from dtkd_ops._io import (atomic_write_json, atomic_write_text, format_validatio
                           write_manifest)
 from dtkd_ops._gx import GXRunner, failing_rows as _failing_rows
 from dtkd.data.manifest import known_sha256
+from dtkd.data.unlabelled import VIDEO_EXTENSIONS
 from dtkd_ops.probe import decode_probe, probe_paths
 
 REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
@@ -501,9 +502,6 @@ def run_quality_gate(
     )
 
 
-VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"})
-
-
 def unlisted_videos(root: str | Path, manifest: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(videos under ``root`` that no manifest row names, folders holding videos none of which a
     row names), sorted: what a split file forgot, or an extra class folder."""
@@ -512,7 +510,7 @@ def unlisted_videos(root: str | Path, manifest: pd.DataFrame) -> tuple[list[str]
         return [], []
     listed = {os.path.realpath(p) for p in manifest["path"].astype(str)}
     listed_dirs = {os.path.dirname(p) for p in listed}
-    on_disk = [p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+    on_disk = [p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
     missing = sorted(str(p) for p in on_disk if os.path.realpath(p) not in listed)
     folders = sorted({str(p.parent) for p in on_disk if os.path.realpath(p.parent) not in listed_dirs})
     return missing, folders
