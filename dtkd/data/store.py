@@ -30,7 +30,6 @@ from dtkd.fsutil import file_sha256, staged_dir
 
 FORMAT = "dtkd-clipstore/1"
 INDEX = "index.json"
-_CHUNK = 1 << 20
 
 
 
