@@ -32,7 +32,6 @@ FORMAT = "dtkd-clipstore/1"
 INDEX = "index.json"
 
 
-
 def resize_short_side(frames: torch.Tensor, short_side: int | None) -> torch.Tensor:
     """uint8 (T, H, W, C) -> same with min(H, W) == short_side (antialiased; never upsamples)."""
     if short_side is None:
