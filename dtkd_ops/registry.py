@@ -3,10 +3,12 @@
 * Tracking store: ``sqlite:///<dir>/mlflow.db`` (MLflow 3 refuses the file store) or an
   ``http(s)://`` server. New experiments store artifacts next to the sqlite file
   (``<dir>/artifacts``), not in ``./mlruns`` of whatever the working directory happens to be.
-* A candidate is logged with ``mlflow.pytorch.log_model(serialization_format="pickle")`` (keeps
-  the class, ~0.7 s with explicit ``pip_requirements``) and the returned ``models:/m-...`` URI is
-  registered; registering ``runs:/<id>/model`` breaks loading ``models:/<name>@champion`` in
-  MLflow 3.
+* A candidate is logged in MLflow's ``pt2`` format (``torch.export``) with a signature, an input
+  example, requirements that load it without dtkd's code and a model card as the version's
+  description (:mod:`dtkd_ops.packaging`); it is read back and checked against the eager model
+  before it is registered. A model given no input (no ``input_spec``/``input_example``) is
+  pickled, as before. The returned ``models:/m-...`` URI is registered; registering
+  ``runs:/<id>/model`` breaks loading ``models:/<name>@champion`` in MLflow 3.
 * Aliases instead of the deprecated stages: ``challenger`` = latest candidate, ``champion`` = the
   model in service. ``champion`` only moves in :meth:`ModelRegistry.set_champion`, one alias update
   done last, and the version it replaced is recorded on the new one (``dtkd.previous_champion``) so
@@ -167,12 +169,17 @@ class ModelRegistry:
 
     def load_model(self, registered_name: str, alias_or_version: Union[int, str] = CHAMPION, *,
                    map_location: str = "cpu"):
-        """Load the PyTorch module under an alias or version number (on CPU by default)."""
+        """Load the PyTorch module under an alias or version number (on CPU by default), as dtkd
+        uses it: a version with a ``dtkd.architecture`` tag comes back as the eager dtkd model
+        (feature taps, ``train()``), other exported ones as an inference-only graph, pickled
+        (older) ones as they were saved. A consumer outside dtkd calls
+        ``mlflow.pytorch.load_model`` and gets the exported graph."""
         import mlflow
 
         ref = self.get_version(registered_name, alias_or_version)
         with self._using_store():  # models:/m-... resolves through the tracking store too
-            return mlflow.pytorch.load_model(ref.uri, map_location=map_location)
+            model = mlflow.pytorch.load_model(ref.uri, map_location=map_location)
+        return _as_dtkd_module(ref, model)
 
     @contextlib.contextmanager
     def _using_store(self) -> Iterator[None]:
@@ -204,6 +211,9 @@ class ModelRegistry:
         pip_requirements: Optional[list[str]] = None,
         alias: str = CHALLENGER,
         run_name: Optional[str] = None,
+        input_example: Any = None,
+        build_options: Optional[Mapping[str, Any]] = None,
+        teachers: Optional[Mapping[str, str]] = None,
     ) -> ModelVersionRef:
         """Log ``model`` with its metrics/params/tags/artifacts in a new run, register the logged
         model under ``registered_name`` and point ``alias`` (``challenger``) at the new version.
@@ -212,8 +222,15 @@ class ModelRegistry:
         stored on the run and the version so that metrics are only compared on the same data.
         ``input_spec`` (frames, sampling_rate, crop_size, mean, std) lets a later gate rebuild the
         test loader for this model. ``artifacts``: ``{artifact_dir: local file or folder}``.
+
+        Deployable form (:mod:`dtkd_ops.packaging`): the model is exported with an input example
+        of ``input_example`` or, by default, clips shaped by ``input_spec``; ``input_spec``'s
+        ``model_name`` plus ``build_options`` (the config's ``overrides``) let dtkd rebuild the
+        eager model; ``teachers`` (``{role: model}``) go on the model card.
         """
         import mlflow
+
+        from dtkd_ops import packaging
 
         if alias == CHAMPION:
             raise RegistryError("register_candidate never sets 'champion'; promotion goes through the gate")
@@ -229,13 +246,17 @@ class ModelRegistry:
         version_tags = {**{k: str(v) for k, v in (tags or {}).items()}, TAG_DATASET: dataset_fingerprint}
         if input_spec is not None:
             version_tags[TAG_INPUT_SPEC] = json.dumps(dict(input_spec), sort_keys=True)
+        package = packaging.prepare(model, input_spec=input_spec, input_example=input_example,
+                                    build_options=build_options)
+        version_tags[packaging.TAG_SERIALIZATION] = (packaging.SERIALIZATION_PT2 if package
+                                                     else packaging.SERIALIZATION_PICKLE)
+        if package is not None and package.architecture is not None:
+            version_tags[packaging.TAG_ARCHITECTURE] = json.dumps(package.architecture, sort_keys=True)
+        requirements = pip_requirements or _default_requirements()
         with self._run(run_name or f"register-{registered_name}") as run:
             mlflow.log_params({k: _param(v) for k, v in (params or {}).items()})
             mlflow.set_tags(version_tags)
-            info = mlflow.pytorch.log_model(
-                model, name="model", serialization_format="pickle",
-                pip_requirements=pip_requirements or _default_requirements(),
-            )
+            info = _log_model(model, package, input_spec, requirements)
             mlflow.log_metrics(numeric)
             if other:
                 mlflow.log_dict(json.loads(json.dumps(other, default=str)), "metrics_extra.json")
@@ -247,9 +268,13 @@ class ModelRegistry:
                     mlflow.log_artifact(str(path), artifact_path=name)
             run_id = run.info.run_id
         self._ensure_registered_model(registered_name)
+        card = packaging.model_card(
+            registered_name=registered_name, role=version_tags.get("dtkd.role"), metrics=numeric,
+            params=params or {}, tags=version_tags, dataset_fingerprint=dataset_fingerprint, teachers=teachers,
+            input_spec=input_spec, package=package, requirements=requirements)
         with self._using_store():  # the registry resolves models:/m-... through the global tracking URI
             mv = self.client.create_model_version(registered_name, source=info.model_uri, run_id=run_id,
-                                                  tags=version_tags)
+                                                  tags=version_tags, description=card)
         self.client.set_registered_model_alias(registered_name, alias, mv.version)
         log.info("registered %s v%s (%s) as %s", registered_name, mv.version, info.model_uri, alias)
         return self.get_version(registered_name, mv.version)
@@ -327,9 +352,43 @@ def _param(value: Any) -> str:
 
 
 def _default_requirements() -> list[str]:
-    import torch
+    """A consumer's install: mlflow (the loader), torch, numpy; see packaging.model_requirements."""
+    from dtkd_ops.packaging import model_requirements
 
-    return [f"torch=={torch.__version__.split('+')[0]}"]
+    return model_requirements()
+
+
+def _log_model(model, package, input_spec: Optional[Mapping[str, Any]], requirements: list[str]):
+    """Log ``package`` as MLflow ``pt2`` and read it back: registration fails (the run is marked
+    failed) unless it predicts like the eager model. Without a package, the pickled module."""
+    import mlflow
+
+    from dtkd_ops import packaging
+
+    if package is None:
+        log.warning("registering %s pickled: no input_spec/input_example to export it with (the "
+                    "model then needs its code to load)", type(model).__name__)
+        return mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                        pip_requirements=requirements)
+    info = mlflow.pytorch.log_model(
+        package.model, name="model", serialization_format="pt2", input_example=package.example,
+        signature=package.signature, pip_requirements=requirements, metadata=package.metadata(input_spec),
+        validate_serving_input=False)  # MLflow's check only warns and loads it once more; ours fails
+    diff = packaging.verify_loaded(package, mlflow.pytorch.load_model(info.model_uri))
+    mlflow.set_tag("dtkd.export_max_abs_diff", f"{diff:.3g}")
+    return info
+
+
+def _as_dtkd_module(ref: ModelVersionRef, model):
+    """The loaded model as dtkd's code uses it (see :meth:`ModelRegistry.load_model`)."""
+    from dtkd_ops import packaging
+
+    if not packaging.is_exported(model):
+        return model
+    architecture = ref.tags.get(packaging.TAG_ARCHITECTURE)
+    if architecture:
+        return packaging.rebuild(json.loads(architecture), model.state_dict())
+    return packaging.inference_only(model)
 
 
 # ---------------------------------------------------------------------- function API
