@@ -1,19 +1,17 @@
 """The ``dtkd`` command line (MLOps side).
 
     dtkd gate     --model NAME --candidate VERSION|ALIAS [--tracking-uri URI] [--gate-config configs/gate.yaml]
-                  [--manifest data/manifest.parquet] [--evaluator MODULE:FACTORY] [--json OUT]
-    dtkd promote  (same options)  runs the gate and moves `champion` only when it passes
+                  [--manifest MANIFEST] [--evaluator MODULE:FACTORY] [--json OUT]
+    dtkd promote  (same options)  runs the gate and moves `champion` only when the candidate is promoted
     dtkd rollback --model NAME [--tracking-uri URI]
     dtkd quality  --manifest data/manifest.parquet [--rules configs/data.yaml] [--docs-dir DIR] [--out DIR]
     dtkd data-version [--repo .]
 
-Exit status: 0 = passed (or the candidate already is the champion), 1 = the gate ran and failed
-(candidate refused / data rejected), 2 = could not run (bad arguments, config, registry lookup or
-evaluation error).
-
-Without ``--manifest`` the gate compares the metrics logged when each version was registered and
-refuses when they come from different datasets; with ``--manifest`` it re-evaluates both models
-on that manifest's test split.
+The gate loads the candidate and the champion and measures both here, on the same test clips:
+the ``--manifest`` test split, else the test manifest logged with the candidate when it was
+registered (the clips the pipeline's gate used). Exit status of ``gate``/``promote``: 0 promoted,
+3 no significant change, 4 significantly worse, 5 refused, 6 lost a concurrent promotion, 2 could
+not run (``dtkd gate --help``). ``quality``: 0 passed, 1 failed, 2 could not run.
 """
 from __future__ import annotations
 
@@ -25,7 +23,19 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dtkd_ops.gate import EXIT_CODES
+
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_PROMOTED, EXIT_NO_CHANGE, EXIT_WORSE, EXIT_REFUSED, EXIT_LOST_RACE = (
+    EXIT_CODES[k] for k in ("promoted", "no_change", "worse", "refused", "lost_race"))
+GATE_EXIT_HELP = f"""exit status:
+  {EXIT_PROMOTED}  promoted (gate: would be promoted)
+  {EXIT_NO_CHANGE}  no significant change (within noise, below the minimum effect, or already champion)
+  {EXIT_WORSE}  significantly worse than the champion
+  {EXIT_REFUSED}  refused: data mismatch, over budget, or a figure missing or not finite
+  {EXIT_LOST_RACE}  promote only: lost a concurrent promotion (champion moved meanwhile); re-run
+  {EXIT_ERROR}  could not run (arguments, config, registry lookup, evaluation error)
+CI: treat {EXIT_PROMOTED} and {EXIT_NO_CHANGE} as success, anything else as failure."""
 
 
 def default_tracking_uri() -> str:
@@ -42,20 +52,27 @@ def _gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--candidate", default="challenger", help="version number or alias (default: challenger)")
     p.add_argument("--gate-config", default="configs/gate.yaml")
-    p.add_argument("--manifest", default=None, help="re-evaluate both models on this manifest's test split")
+    p.add_argument("--manifest", default=None, help="judge on this manifest's test split (default: the test "
+                   "manifest logged with the candidate)")
     p.add_argument("--split", default="test")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="device for the accuracy pass (latency: gate config)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--evaluator", default=None,
-                   help="MODULE:FACTORY; FACTORY(manifest_path_or_None, gate_cfg, registry) -> evaluate_fn")
+                   help="MODULE:FACTORY; FACTORY(manifest_or_None, gate_cfg, registry) -> evaluator with "
+                        ".scores(model, ref) and .latency_input(ref)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the decision as JSON here")
+
+
+def _gate_parser(sub, name: str, text: str) -> None:
+    _gate_args(sub.add_parser(name, help=text, description=text, epilog=GATE_EXIT_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtkd", description="dtkd MLOps: quality gate, promotion gate, data version")
     sub = parser.add_subparsers(dest="command", required=True)
-    _gate_args(sub.add_parser("gate", help="evaluate a candidate against the champion (moves nothing)"))
-    _gate_args(sub.add_parser("promote", help="run the gate; move 'champion' to the candidate only on pass"))
+    _gate_parser(sub, "gate", "judge a candidate against the champion on the same clips (moves nothing)")
+    _gate_parser(sub, "promote", "run the gate; move 'champion' to the candidate only when it is promoted")
     rb = sub.add_parser("rollback", help="move 'champion' back to the version it replaced")
     rb.add_argument("--tracking-uri", default=None)
     rb.add_argument("--model", required=True)
@@ -73,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluator(args, cfg, registry):
-    from dtkd_ops.evaluation import recorded_metrics_evaluator, test_split_evaluator
+    from dtkd_ops.evaluation import TestSplitEvaluator, gated_test_manifest, recorded_protocol
 
     if args.evaluator:
         module, _, name = args.evaluator.partition(":")
@@ -81,10 +98,10 @@ def _evaluator(args, cfg, registry):
             raise ValueError(f"--evaluator must be MODULE:FACTORY, got {args.evaluator!r}")
         factory = getattr(importlib.import_module(module), name)
         return factory(args.manifest, cfg, registry)
-    if args.manifest:
-        return test_split_evaluator(args.manifest, cfg, split=args.split, device=args.device,
-                                    batch_size=args.batch_size)
-    return recorded_metrics_evaluator(registry)
+    candidate = registry.get_version(args.model, args.candidate)
+    manifest = args.manifest or gated_test_manifest(registry, candidate)
+    return TestSplitEvaluator(manifest, split=args.split, evaluation=recorded_protocol(candidate, args.batch_size),
+                              device=args.device, input_shape=cfg.latency.input_shape)
 
 
 def _cmd_gate(args, *, promote: bool) -> int:
@@ -94,15 +111,15 @@ def _cmd_gate(args, *, promote: bool) -> int:
 
     cfg = load_gate_config(args.gate_config)
     registry = ModelRegistry(args.tracking_uri or default_tracking_uri())
-    evaluate_fn = _evaluator(args, cfg, registry)
-    decision = promote_if_better(args.model, args.candidate, evaluate_fn, cfg, registry=registry,
-                                 dry_run=not promote)
+    evaluator = _evaluator(args, cfg, registry)
+    decision = promote_if_better(args.model, args.candidate, evaluator, cfg, registry=registry, dry_run=not promote)
     print(decision.report)
     if promote:
         print(f"champion -> {decision.candidate}" if decision.promoted else "champion unchanged")
+    print(f"gate decision: {decision.tag} (exit {decision.exit_code})")
     if args.json_out:
         atomic_write_json(args.json_out, decision.to_dict())
-    return EXIT_OK if decision.promote or decision.already_champion else EXIT_FAILED
+    return decision.exit_code
 
 
 def _cmd_rollback(args) -> int:

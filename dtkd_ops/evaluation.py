@@ -1,51 +1,183 @@
-"""Evaluators for the promotion gate: ``evaluate_fn(model, ref) -> metrics``.
+"""The gate's measurements: per-clip correctness keyed by video id, and latency under one protocol.
 
-* :func:`evaluate_on_test_split` is the one measurement of a model on a test split: top-1/top-5
-  with dtkd's own loader (``dtkd.assemble.evaluate_model``) and the budget (params, latency, and
-  GFLOPs on request) measured as the gate config says (``dtkd.eval.complexity.inference_cost``).
-  The pipeline's evaluate step measures the candidate with it, and the gate the champion, so the
-  two are compared on the same clips and the same latency protocol.
-* :func:`test_split_evaluator` is that measurement for the ``dtkd gate``/``promote`` CLI: it reads
-  a version's input view from its ``dtkd.input_spec`` tag (or ``dtkd.model_name`` ->
-  ``dtkd.models.get_spec``).
-* :func:`recorded_metrics_evaluator` does no inference: it returns what the pipeline logged on the
-  run that registered each version, with the dataset fingerprint, so the gate refuses to compare
-  numbers measured on different data.
+* :class:`ClipScores` is what a paired test needs: for every test clip, in loader order, its video
+  id and whether the model's top-1 was right, plus the split's fingerprint. The gate pairs two of
+  them only when the ids match one for one.
+* :func:`score_clips` runs a model over a test loader once and returns both the
+  :class:`ClipScores` and dtkd's :class:`~dtkd.eval.EvalResult` (top-1/top-5/loss/confusion)
+  from the same logits, so the evaluate step's headline figures and the gate's evidence cannot
+  drift apart.
+* :func:`latency_ms` times several models in one process, interleaved (A, B, A, B, ...) after a
+  warm-up, at a fixed number of torch threads (restored afterwards), and takes the median per
+  model. Interleaving makes a busy neighbour slow both models alike instead of only the second.
+* :class:`TestSplitEvaluator` is the evaluator of the pipeline step and of ``dtkd gate``: one
+  manifest, one split, the view of each model from its version tags.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import statistics
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Iterator, Optional, Protocol, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
-from dtkd.assemble import evaluate_model
 from dtkd.config import EvalConfig
-from dtkd.data import DataConfig, ViewSpec, manifest_fingerprint
+from dtkd.data import DataConfig, ViewSpec, manifest_fingerprint, num_classes_of
 from dtkd.eval import EvalResult
-from dtkd.eval.complexity import inference_cost
 from dtkd_ops._io import read_manifest
-from dtkd_ops.gate import GateConfig
-from dtkd_ops.registry import TAG_INPUT_SPEC, ModelRegistry, ModelVersionRef
+from dtkd_ops.registry import TAG_INPUT_SPEC, ModelVersionRef
 
 VIEW_FIELDS = ("frames", "sampling_rate", "crop_size", "mean", "std")
+TEST_MANIFEST_ARTIFACT = "gate/test_manifest.parquet"  # logged with each candidate by the register step
+TAG_TEST_FINGERPRINT = "dtkd.gate.test_fingerprint"  # the test split the candidate was registered with
+TAG_PROTOCOL = "dtkd.gate.protocol"  # {"num_clips", "num_crops"} of the pipeline's evaluation
 
 
-def evaluate_on_test_split(model, view: ViewSpec, manifest: pd.DataFrame, gate: GateConfig, *,
-                           evaluation: Optional[EvalConfig] = None, data: Optional[DataConfig] = None,
-                           split: str = "test", flops: bool = False, device: str = "cpu") -> tuple[dict, EvalResult]:
-    """(metrics, the full EvalResult) of ``model`` on ``split``: ``top1``, ``top5``, ``loss``, ``n``,
-    ``params``, ``latency_ms`` (``gflops`` with ``flops``) and the split's ``dataset_fingerprint``."""
+class DataMismatch(ValueError):
+    """The two models cannot be compared on these clips (different ids, classes or data)."""
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """Per-clip top-1 correctness of one model on one test split, in loader order."""
+
+    video_ids: tuple[str, ...]
+    correct: tuple[bool, ...]
+    fingerprint: str  # manifest_fingerprint of the split the clips came from
+    extra: dict[str, float] = field(default_factory=dict)  # top5, loss: reported, not tested
+
+    def __post_init__(self) -> None:
+        if len(self.video_ids) != len(self.correct):
+            raise ValueError(f"{len(self.video_ids)} video ids but {len(self.correct)} correctness values")
+        if not self.video_ids:
+            raise ValueError("no test clips: a model cannot be judged on an empty split")
+
+    @property
+    def n(self) -> int:
+        return len(self.correct)
+
+    @property
+    def top1(self) -> float:
+        return sum(self.correct) / self.n
+
+
+class Evaluator(Protocol):
+    """What the gate needs from an evaluator (see :class:`TestSplitEvaluator`)."""
+
+    def scores(self, model, ref: ModelVersionRef) -> ClipScores: ...
+
+    def latency_input(self, ref: ModelVersionRef) -> Sequence[int]: ...
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def score_clips(model, loader, split_rows: pd.DataFrame, *, num_classes: int, device: str = "cpu",
+                label: str = "model") -> tuple[ClipScores, EvalResult]:
+    """Run ``model`` over ``loader`` (items carry ``index``, the row of ``split_rows``) once.
+
+    Raises :class:`DataMismatch` when the model's output has another class count than the split:
+    its predictions would index other labels."""
+    import torch.nn.functional as F
+
+    from dtkd.data.views import STUDENT_VIEW
+    from dtkd.eval.metrics import topk_correct, view_averaged_logits
+
+    logits, targets, index = _predict(model, loader, device, STUDENT_VIEW, view_averaged_logits)
+    if logits.shape[1] != num_classes:
+        raise DataMismatch(f"{label} predicts {logits.shape[1]} classes, the test split has {num_classes}: "
+                           f"it was trained on other labels")
+    pred = logits.argmax(dim=1)
+    ids = split_rows["video_id"].astype(str).to_numpy()[index.numpy()]
+    n = len(targets)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (targets.numpy(), pred.numpy()), 1)
+    support = confusion.sum(axis=1)
+    per_class = [float(confusion[i, i] / s) if s else float("nan") for i, s in enumerate(support)]
+    top5 = topk_correct(logits, targets, 5) / n
+    loss = float(F.cross_entropy(logits, targets, reduction="mean"))
+    correct = (pred == targets).tolist()
+    result = EvalResult(sum(correct) / n, top5, loss, n, confusion, per_class)
+    scores = ClipScores(tuple(ids), tuple(bool(c) for c in correct), manifest_fingerprint(split_rows),
+                        {"top5": float(top5), "loss": loss})
+    return scores, result
+
+
+def _predict(model, loader, device, view, averaged):
+    """(logits, targets, row index) of every clip, on CPU, in loader order; eval mode restored."""
     import torch
 
-    result = evaluate_model(model, view, manifest, evaluation, data, split=split, device=torch.device(device))
-    shape = gate.latency.input_shape or [1, 3, view.frames, view.crop_size, view.crop_size]
-    cost = inference_cost(model, shape, flops=flops, warmup=gate.latency.warmup, repeats=gate.latency.repeats,
-                          device=gate.latency.device)
-    metrics = {"top1": float(result.top1), "top5": float(result.top5), "loss": float(result.loss), "n": int(result.n),
-               **cost, "dataset_fingerprint": manifest_fingerprint(manifest, split)}
-    return metrics, result
+    was_training = model.training
+    model.eval().to(device)
+    logits, targets, index = [], [], []
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                clips = batch["inputs"][view].to(device)
+                logits.append(averaged(model, clips).float().cpu())
+                targets.append(torch.as_tensor(batch["label"]).long())
+                index.append(torch.as_tensor(batch["index"]).long())
+    finally:
+        model.train(was_training)
+    if not logits:
+        raise ValueError("the test loader yielded no clips")
+    return torch.cat(logits), torch.cat(targets), torch.cat(index)
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count pinned to ``threads`` for the block, then restored: the
+    count changes CPU latency several-fold, so both models must be timed with the same one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def latency_ms(models: Sequence[Any], input_shapes: Sequence[Sequence[int]], *, warmup: int, repeats: int,
+               threads: int, device: str = "cpu") -> list[float]:
+    """Median milliseconds of one forward pass per model, timed interleaved in this process."""
+    import torch
+
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    inputs = [torch.zeros(tuple(int(s) for s in shape), device=device) for shape in input_shapes]
+    states = [m.training for m in models]
+    times: list[list[float]] = [[] for _ in models]
+    try:
+        with fixed_threads(threads), torch.inference_mode():
+            for m in models:
+                m.eval().to(device)
+            for i in range(warmup + repeats):
+                for k, (m, x) in enumerate(zip(models, inputs)):
+                    sync()
+                    t0 = time.perf_counter()
+                    m(x)
+                    sync()
+                    if i >= warmup:
+                        times[k].append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        for m, was_training in zip(models, states):
+            m.train(was_training)
+    return [float(statistics.median(t)) for t in times]
+
+
+def count_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# ----------------------------------------------------------------------------- the test-split evaluator
 
 
 def input_spec_of(ref: ModelVersionRef) -> dict[str, Any]:
@@ -67,35 +199,91 @@ def input_spec_of(ref: ModelVersionRef) -> dict[str, Any]:
     return spec
 
 
-def test_split_evaluator(manifest: Union[pd.DataFrame, str, Path], cfg: GateConfig, *, split: str = "test",
-                         batch_size: int = 8, num_clips: int = 1, num_crops: int = 1, device: str = "cpu",
-                         num_workers: int = 0) -> Callable[[Any, ModelVersionRef], dict]:
-    """``evaluate_fn(model, ref)`` on the ``split`` rows of ``manifest`` (:func:`evaluate_on_test_split`)."""
-    df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest
-    if not (df["split"] == split).any():
-        raise ValueError(f"manifest has no '{split}' rows (splits: {sorted(df['split'].unique())})")
-    evaluation = EvalConfig(num_clips=num_clips, num_crops=num_crops, batch_size=batch_size)
-    data = DataConfig(num_workers=num_workers)
+class TestSplitEvaluator:
+    """Scores models on the ``split`` rows of one manifest with dtkd's test loader, each model at
+    the view recorded on its version; its latency input is one clip of that view, unless the gate
+    config fixes ``latency.input_shape``."""
 
-    def evaluate_fn(model, ref: ModelVersionRef) -> dict:
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, manifest: Union[pd.DataFrame, str, Path], *, split: str = "test",
+                 evaluation: Optional[EvalConfig] = None, data: Optional[DataConfig] = None,
+                 device: str = "cpu", input_shape: Optional[Sequence[int]] = None):
+        df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+        if not (df["split"] == split).any():
+            raise ValueError(f"manifest has no '{split}' rows (splits: {sorted(df['split'].unique())})")
+        self.manifest, self.split, self.device = df, split, device
+        self.evaluation = evaluation or EvalConfig()
+        self.data = data or DataConfig(num_workers=0)
+        self.rows = df[df["split"] == split].reset_index(drop=True)  # ClipDataset's row order
+        self.num_classes = num_classes_of(df)
+        self.input_shape = list(input_shape) if input_shape else None
+
+    def view(self, ref: ModelVersionRef) -> ViewSpec:
         spec = input_spec_of(ref)
-        view = ViewSpec(**{k: spec[k] for k in VIEW_FIELDS})
-        metrics, _ = evaluate_on_test_split(model, view, df, cfg, evaluation=evaluation, data=data, split=split,
-                                            device=device)
-        return metrics
+        return ViewSpec(**{k: spec[k] for k in VIEW_FIELDS})
 
-    return evaluate_fn
+    def scores(self, model, ref: ModelVersionRef) -> ClipScores:
+        return self.evaluate(model, self.view(ref), label=str(ref))[0]
+
+    def evaluate(self, model, view: ViewSpec, *, label: str = "model") -> tuple[ClipScores, EvalResult]:
+        from dtkd.assemble import test_loader
+
+        loader = test_loader(self.manifest, view, self.evaluation, self.data, split=self.split)
+        return score_clips(model, loader, self.rows, num_classes=self.num_classes, device=self.device, label=label)
+
+    def latency_input(self, ref: ModelVersionRef) -> list[int]:
+        if self.input_shape:
+            return self.input_shape
+        v = self.view(ref)
+        return [1, 3, v.frames, v.crop_size, v.crop_size]
 
 
-def recorded_metrics_evaluator(registry: ModelRegistry) -> Callable[[Any, ModelVersionRef], dict]:
-    """``evaluate_fn(model, ref)`` returning the metrics logged when ``ref`` was registered."""
+def evaluate_on_test_split(model, view: ViewSpec, manifest: pd.DataFrame, gate, *,
+                           evaluation: Optional[EvalConfig] = None, data: Optional[DataConfig] = None,
+                           split: str = "test", flops: bool = False,
+                           device: str = "cpu") -> tuple[dict, EvalResult, ClipScores]:
+    """The evaluate step's figures for one model: top-1/top-5/loss/n, params, latency (the gate's
+    protocol, alone), GFLOPs with ``flops``, and the split's ``dataset_fingerprint``. The gate
+    does not take these: it measures candidate and champion itself, side by side."""
+    ev = TestSplitEvaluator(manifest, split=split, evaluation=evaluation, data=data, device=device,
+                            input_shape=gate.latency.input_shape)
+    scores, result = ev.evaluate(model, view)
+    shape = ev.input_shape or [1, 3, view.frames, view.crop_size, view.crop_size]
+    lat = gate.latency
+    metrics = {"top1": scores.top1, **scores.extra, "n": scores.n, "params": count_params(model),
+               "latency_ms": latency_ms([model], [shape], warmup=lat.warmup, repeats=lat.repeats,
+                                        threads=lat.threads, device=lat.device)[0],
+               "dataset_fingerprint": scores.fingerprint}
+    if flops:
+        from dtkd.eval.complexity import count_flops
 
-    def evaluate_fn(model, ref: ModelVersionRef) -> dict:
-        metrics: dict[str, Any] = registry.run_metrics(ref)
-        if "params" in metrics:
-            metrics["params"] = int(metrics["params"])
-        if ref.dataset_fingerprint:
-            metrics["dataset_fingerprint"] = ref.dataset_fingerprint
-        return metrics
+        metrics["gflops"] = float(count_flops(model, shape))
+    return metrics, result, scores
 
-    return evaluate_fn
+
+def gate_tags(manifest: pd.DataFrame, evaluation: EvalConfig, split: str = "test") -> dict[str, str]:
+    """Version tags that let ``dtkd gate`` judge a candidate exactly as the pipeline did."""
+    protocol = {"num_clips": evaluation.num_clips, "num_crops": evaluation.num_crops}
+    return {TAG_TEST_FINGERPRINT: manifest_fingerprint(manifest, split), TAG_PROTOCOL: json.dumps(protocol)}
+
+
+def recorded_protocol(ref: ModelVersionRef, batch_size: int = 8) -> EvalConfig:
+    """The evaluation protocol recorded on ``ref`` (:func:`gate_tags`), else dtkd's default."""
+    return EvalConfig(**json.loads(ref.tags.get(TAG_PROTOCOL, "{}")), batch_size=batch_size)
+
+
+def gated_test_manifest(registry, ref: ModelVersionRef) -> pd.DataFrame:
+    """The test manifest ``ref`` was registered with (:data:`TEST_MANIFEST_ARTIFACT`), so that
+    ``dtkd gate`` judges on the very clips the pipeline's gate used."""
+    import mlflow
+
+    if not ref.run_id:
+        raise ValueError(f"{ref}: no registering run; pass --manifest")
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=TEST_MANIFEST_ARTIFACT,
+                                                   tracking_uri=registry.tracking_uri)
+    except Exception as err:  # noqa: BLE001 - MLflow raises several types for "not there"
+        raise ValueError(f"{ref}: run {ref.run_id} has no '{TEST_MANIFEST_ARTIFACT}' artifact ({err}); "
+                         f"pass --manifest with the test split to judge on") from None
+    return read_manifest(path)

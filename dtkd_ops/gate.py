@@ -1,40 +1,59 @@
-"""Promotion gate: a candidate replaces the ``champion`` only if it is better on the same test split
-and fits the deployment budget.
+"""Promotion gate: a candidate replaces the ``champion`` only on evidence.
 
-* :func:`evaluate_gate` is pure: metrics in, :class:`GateDecision` out. It fails closed: a missing
-  or non-finite metric, a budget overrun, metrics measured on different datasets, or a margin not
-  met all mean "do not promote", each with a reason.
-* :func:`promote_if_better` loads the candidate and the champion from the registry, evaluates both
-  with the caller's ``evaluate_fn`` on the same data, records the decision on the candidate version
-  (tags + a ``gate`` run with the report) and, only when the decision is to promote, moves
-  ``champion`` as its very last write. An exception anywhere before that leaves ``champion`` as it
-  was.
+Both models are loaded from the registry and measured here, in one process, by one evaluator:
+per-clip top-1 correctness on the same test clips (paired by video id) and latency timed
+interleaved at fixed torch threads (:mod:`dtkd_ops.evaluation`). The pipeline's register step and
+``dtkd gate``/``dtkd promote`` both call :func:`promote_if_better`, so they cannot disagree.
+
+:func:`evaluate_gate` (pure) turns the two measurements into one of four outcomes:
+
+* ``refused``: the candidate is over budget (``max_params``/``max_latency_ms``, checked with
+  MLflow's ``validate_evaluation_results``), a figure is missing or not finite, or the two were
+  not scored on the same clips (ids, order, split fingerprint, class count).
+* ``worse``: the exact McNemar test (two-sided binomial on the discordant clips) says the
+  candidate is significantly worse at ``confidence``.
+* ``promoted``: significantly better at ``confidence`` **and** top-1 gain >= ``min_top1_margin``
+  (MLflow ``MetricThreshold(min_absolute_change=...)``), or no champion yet and within budget.
+* ``no_change``: everything else: within noise (an identical candidate has no discordant clip),
+  or significant but below the minimum effect.
+
+MLflow's validation does thresholds and margins, not paired tests: it compares two numbers, so a
+one-clip difference on 96 clips would pass any margin below 1/96. The paired test is ours.
 """
 from __future__ import annotations
 
-import inspect
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dtkd_ops._io import format_validation_error, load_yaml_mapping
 
-Metrics = Mapping[str, Any]
-EvaluateFn = Callable[..., Metrics]  # evaluate_fn(model) or evaluate_fn(model, ref) -> metrics
-_EPS = 1e-12
+if TYPE_CHECKING:
+    from dtkd_ops.evaluation import ClipScores, Evaluator
+
+PROMOTED, NO_CHANGE, WORSE, REFUSED, LOST_RACE = "promoted", "no_change", "worse", "refused", "lost_race"
+# Exit status of `dtkd gate`/`promote`; a pull request fails only on WORSE, REFUSED (and errors, 2).
+EXIT_CODES = {PROMOTED: 0, NO_CHANGE: 3, WORSE: 4, REFUSED: 5, LOST_RACE: 6}
+TAG_DECISION, TAG_REPORT = "dtkd.gate.decision", "dtkd.gate.report"
+_MARGIN_TOLERANCE = 1e-9  # top-1 values are k/n floats: a gain equal to the margin must meet it
+
+log = logging.getLogger(__name__)
 
 
 class LatencySpec(BaseModel):
-    """How the latency budget is measured: one forward pass of an input of ``input_shape``."""
+    """How latency is timed, the same for both models: ``warmup`` untimed forwards, then the median
+    of ``repeats`` interleaved forwards of a zero input, at ``threads`` torch threads."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input_shape: Optional[list[int]] = Field(None, min_length=5, max_length=5)  # B,C,T,H,W; None: model's own
-    warmup: int = Field(1, ge=0)
-    repeats: int = Field(5, ge=1)
+    input_shape: Optional[list[int]] = Field(None, min_length=2)  # e.g. B,C,T,H,W; None: one clip of the model's view
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(10, ge=1)
+    threads: int = Field(1, ge=1)
     device: str = "cpu"
 
 
@@ -43,12 +62,11 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = "top1"  # the quality metric evaluate_fn returns (higher is better)
-    min_top1_margin: float = Field(0.0, ge=0.0)  # candidate - champion must be > 0 and >= this
-    max_params: Optional[int] = Field(None, gt=0)  # budget on "params"; None = unlimited
-    max_latency_ms: Optional[float] = Field(None, gt=0)  # budget on "latency_ms"; None = unlimited
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)  # McNemar two-sided: significant when p < 1 - confidence
+    min_top1_margin: float = Field(0.0, ge=0.0, lt=1.0)  # minimum top-1 gain (absolute) of a significant win
+    max_params: Optional[int] = Field(None, gt=0)  # None = unlimited
+    max_latency_ms: Optional[float] = Field(None, gt=0)  # None = unlimited
     latency: LatencySpec = LatencySpec()
-    require_same_dataset: bool = True  # refuse when the two metrics carry different dataset fingerprints
 
 
 def load_gate_config(path: Union[str, Path], **overrides: Any) -> GateConfig:
@@ -63,218 +81,325 @@ def load_gate_config(path: Union[str, Path], **overrides: Any) -> GateConfig:
         raise ValueError(format_validation_error(err, source=str(path), prefix=prefix)) from None
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One model as the gate measured it."""
+
+    label: str  # "name vN"
+    scores: "ClipScores"
+    params: float
+    latency_ms: float
+    latency_input: tuple[int, ...] = ()
+
+    def metrics(self) -> dict[str, Any]:
+        return {"top1": self.scores.top1, "n": self.scores.n, "params": self.params, "latency_ms": self.latency_ms,
+                **self.scores.extra, "dataset_fingerprint": self.scores.fingerprint}
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value: under "equally good", each of the ``b + c`` discordant clips
+    (only one model right) favours either model with probability 1/2. No discordant clip: 1."""
+    from scipy.stats import binomtest
+
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    n: int  # clips
+    b: int  # only the candidate right
+    c: int  # only the champion right
+    p_value: float
+
+    @property
+    def delta(self) -> float:
+        """Candidate top-1 minus champion top-1."""
+        return (self.b - self.c) / self.n
+
+
+def paired_test(cand: "ClipScores", champ: "ClipScores") -> PairedTest:
+    b = sum(x and not y for x, y in zip(cand.correct, champ.correct))
+    c = sum(y and not x for x, y in zip(cand.correct, champ.correct))
+    return PairedTest(cand.n, b, c, mcnemar_p(b, c))
+
+
 @dataclass
 class GateDecision:
-    promote: bool
-    reasons: list[str]  # why it failed (every failed check) or, when it passes, the checks passed
-    report: str  # readable table + reasons
-    passed: list[str] = field(default_factory=list)
-    candidate_metrics: dict[str, Any] = field(default_factory=dict)
-    champion_metrics: Optional[dict[str, Any]] = None
+    outcome: str  # promoted | no_change | worse | refused | lost_race
+    reasons: list[str]
+    report: str = ""
     candidate: Optional[str] = None  # "name vN"
     champion: Optional[str] = None
-    promoted: bool = False  # champion actually moved (False for a dry run)
-    already_champion: bool = False  # the candidate already is the champion: nothing to decide
+    dry_run: bool = False
+    promoted: bool = False  # champion actually moved
+    candidate_metrics: dict[str, Any] = field(default_factory=dict)
+    champion_metrics: Optional[dict[str, Any]] = None
+    test: Optional[dict[str, Any]] = None  # the paired test: n, b, c, p_value, delta
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+    @property
+    def tag(self) -> str:
+        """``dtkd.gate.decision``: never "promoted" unless champion moved; a passing dry run is
+        ``would_promote``."""
+        return "would_promote" if self.outcome == PROMOTED and not self.promoted else self.outcome
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "exit_code": self.exit_code, "tag": self.tag}
 
 
-def _number(metrics: Metrics, key: str) -> tuple[Optional[float], Optional[str]]:
-    if key not in metrics:
-        return None, f"missing '{key}' (got keys {sorted(metrics)})"
+# ----------------------------------------------------------------------------- the decision (pure)
+
+
+def evaluate_gate(candidate: Measurement, champion: Optional[Measurement], cfg: GateConfig, *,
+                  expected_fingerprint: Optional[str] = None) -> GateDecision:
+    """The outcome for ``candidate`` against ``champion`` (None: there is none). Refusals are
+    checked first and all listed; ``expected_fingerprint``: the test split the candidate was
+    registered with, which these clips must be."""
+    refusals = _refusals(candidate, champion, cfg, expected_fingerprint)
+    decision = GateDecision(REFUSED, refusals, candidate=candidate.label,
+                            champion=champion.label if champion else None,
+                            candidate_metrics=candidate.metrics(),
+                            champion_metrics=champion.metrics() if champion else None)
+    if refusals:
+        return decision
+    if champion is None:
+        decision.outcome, decision.reasons = PROMOTED, ["no champion yet: the first candidate within budget is promoted"]
+        return decision
+    test = paired_test(candidate.scores, champion.scores)
+    decision.test = {**asdict(test), "delta": test.delta, "confidence": cfg.confidence}
+    decision.outcome, decision.reasons = _verdict(test, candidate.scores.top1, champion.scores.top1, cfg)
+    return decision
+
+
+def _verdict(test: PairedTest, cand_top1: float, champ_top1: float, cfg: GateConfig) -> tuple[str, list[str]]:
+    alpha = 1.0 - cfg.confidence
+    evidence = (f"exact McNemar on {test.n} clips: {test.b} right only by the candidate, {test.c} only by the "
+                f"champion, p = {test.p_value:.4g} (significant below {alpha:.4g})")
+    if test.p_value >= alpha:
+        return NO_CHANGE, [f"within noise: {evidence}"]
+    if test.c > test.b:
+        return WORSE, [f"significantly worse: {evidence}"]
+    short = _margin_failure(cand_top1, champ_top1, cfg.min_top1_margin)
+    if short:
+        return NO_CHANGE, [f"significantly better but below the minimum effect: {short}", evidence]
+    return PROMOTED, [f"significantly better: {evidence}",
+                      f"top1 {cand_top1:.4f} vs {champ_top1:.4f}: gain {test.delta:+.4f} >= {cfg.min_top1_margin:g}"]
+
+
+def _refusals(cand: Measurement, champ: Optional[Measurement], cfg: GateConfig,
+              expected_fingerprint: Optional[str]) -> list[str]:
+    out = [f"{who} {key} is not a finite number ({value!r})"
+           for who, m in (("candidate", cand), ("champion", champ)) if m is not None
+           for key, value in (("params", m.params), ("latency_ms", m.latency_ms)) if not _finite(value)]
+    if expected_fingerprint and cand.scores.fingerprint != expected_fingerprint:
+        out.append(f"data mismatch: {cand.label} was registered with test split {expected_fingerprint}, "
+                   f"these clips are {cand.scores.fingerprint}; judge it on the split it was tested on")
+    if not out:
+        out += _budget_failures(cand, cfg)
+    if champ is not None:
+        out += _pairing_failures(cand, champ)
+    return out
+
+
+def _pairing_failures(cand: Measurement, champ: Measurement) -> list[str]:
+    """Paired only when both scored the same clips in the same order; names the first mismatch."""
+    a, b = cand.scores, champ.scores
+    if a.fingerprint != b.fingerprint:
+        return [f"data mismatch: candidate scored on {a.fingerprint}, champion on {b.fingerprint}"]
+    if a.video_ids == b.video_ids:
+        return []
+    if a.n != b.n:
+        return [f"data mismatch: candidate scored {a.n} clips, champion {b.n}"]
+    i = next(i for i, (x, y) in enumerate(zip(a.video_ids, b.video_ids)) if x != y)
+    return [f"data mismatch: clip {i} is {a.video_ids[i]!r} for the candidate, {b.video_ids[i]!r} for the champion"]
+
+
+def _budget_failures(cand: Measurement, cfg: GateConfig) -> list[str]:
+    """The budget with MLflow's ``validate_evaluation_results`` (one message per broken limit)."""
+    from mlflow.models import MetricThreshold
+
+    limits = {"params": cfg.max_params, "latency_ms": cfg.max_latency_ms}
+    thresholds = {k: MetricThreshold(threshold=v, greater_is_better=False) for k, v in limits.items() if v is not None}
+    measured = {"params": cand.params, "latency_ms": cand.latency_ms}
+    msg = _mlflow_validate(thresholds, measured, None)
+    return [f"over budget: {line}" for line in msg.splitlines() if line.strip()] if msg else []
+
+
+def _margin_failure(cand_top1: float, champ_top1: float, margin: float) -> Optional[str]:
+    if margin <= 0:
+        return None
+    from mlflow.models import MetricThreshold
+
+    threshold = MetricThreshold(min_absolute_change=max(margin - _MARGIN_TOLERANCE, 1e-12), greater_is_better=True)
+    return _mlflow_validate({"top1": threshold}, {"top1": cand_top1}, {"top1": champ_top1})
+
+
+def _mlflow_validate(thresholds: dict, candidate: dict, baseline: Optional[dict]) -> Optional[str]:
+    """None when ``candidate`` meets ``thresholds``, else MLflow's failure message."""
+    if not thresholds:
+        return None
+    import mlflow
+    from mlflow.models.evaluation import EvaluationResult
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+    quiet = logging.getLogger("mlflow.models.evaluation.validation")
+    level, quiet.level = quiet.level, logging.WARNING
     try:
-        value = float(metrics[key])
+        mlflow.validate_evaluation_results(thresholds, EvaluationResult(candidate, {}),
+                                           EvaluationResult(baseline, {}) if baseline is not None else None)
+    except ModelValidationFailedException as err:
+        return err.message
+    finally:
+        quiet.setLevel(level)
+    return None
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(float(value))
     except (TypeError, ValueError):
-        return None, f"'{key}' is not a number ({metrics[key]!r})"
-    if not math.isfinite(value):
-        return None, f"'{key}' is not finite ({value})"
-    return value, None
+        return False
 
 
-def evaluate_gate(candidate_metrics: Metrics, champion_metrics: Optional[Metrics], budget: GateConfig, *,
-                  title: str = "") -> GateDecision:
-    """Decide whether the candidate may replace the champion (``None``: there is none).
+# ----------------------------------------------------------------------------- report
 
-    Promote iff every check passes: the candidate's metric is a finite number, ``params`` and
-    ``latency_ms`` are within budget (when a budget is set), and, with a champion, both metrics were
-    measured on the same dataset and ``candidate - champion > 0`` and ``>= min_top1_margin``.
-    """
-    m, fails, passes = budget.metric, [], []
-    cand, err = _number(candidate_metrics, m)
-    if err:
-        fails.append(f"candidate metric {err}")
 
-    for key, limit, unit in (("params", budget.max_params, ""), ("latency_ms", budget.max_latency_ms, " ms")):
-        if limit is None:
-            continue
-        value, err = _number(candidate_metrics, key)
-        if err:
-            fails.append(f"budget: candidate {err}")
-        elif value > limit:
-            fails.append(f"budget: {key} {_num(value)}{unit} > max {_num(limit)}{unit}")
-        else:
-            passes.append(f"budget: {key} {_num(value)}{unit} <= max {_num(limit)}{unit}")
-
-    champ = None
-    if champion_metrics is None:
-        passes.append("no champion yet: the first model within budget is promoted")
-    else:
-        champ, err = _number(champion_metrics, m)
-        if err:
-            fails.append(f"champion metric {err}")
-        fp_c, fp_p = candidate_metrics.get("dataset_fingerprint"), champion_metrics.get("dataset_fingerprint")
-        if budget.require_same_dataset and fp_c is not None and fp_p is not None and fp_c != fp_p:
-            fails.append(f"metrics come from different datasets (candidate {fp_c}, champion {fp_p}); "
-                         f"re-evaluate both on one test split")
-        if cand is not None and champ is not None:
-            delta = cand - champ
-            need = f"> 0 and >= {budget.min_top1_margin:.4g}"
-            if delta > 0 and delta + _EPS >= budget.min_top1_margin:
-                passes.append(f"{m}: {cand:.4f} vs champion {champ:.4f} (delta {delta:+.4f} {need})")
-            else:
-                fails.append(f"{m}: {cand:.4f} vs champion {champ:.4f} (delta {delta:+.4f}, needs {need})")
-
-    promote = not fails
-    report = _report(promote, fails, passes, candidate_metrics, champion_metrics, budget, title)
-    return GateDecision(promote=promote, reasons=fails if fails else passes, report=report, passed=passes,
-                        candidate_metrics=dict(candidate_metrics),
-                        champion_metrics=dict(champion_metrics) if champion_metrics is not None else None)
+def format_report(d: GateDecision, cfg: GateConfig) -> str:
+    head = {PROMOTED: "PROMOTED -> champion moved" if d.promoted else "PROMOTED (dry run: would move champion)",
+            NO_CHANGE: "NO CHANGE -> champion unchanged", WORSE: "WORSE -> champion unchanged",
+            REFUSED: "REFUSED -> champion unchanged", LOST_RACE: "LOST RACE -> champion unchanged"}[d.outcome]
+    lines = [f"Promotion gate: {head}",
+             f"  candidate {d.candidate}, champion {d.champion or '(none)'}" + (" [dry run]" if d.dry_run else "")]
+    cand, champ = d.candidate_metrics, d.champion_metrics
+    if cand:
+        lines.append(f"  {'metric':<12}{'candidate':>14}{'champion':>14}{'limit':>16}")
+        limits = {"top1": f"+{cfg.min_top1_margin:g} & p<{1 - cfg.confidence:.3g}",
+                  "latency_ms": f"<= {_num(cfg.max_latency_ms)}" if cfg.max_latency_ms else "",
+                  "params": f"<= {_num(cfg.max_params)}" if cfg.max_params else ""}
+        for k in ("top1", "top5", "n", "latency_ms", "params"):
+            if k in cand:
+                p = _fmt(champ.get(k, "-")) if champ is not None else "(none)"
+                lines.append(f"  {k:<12}{_fmt(cand[k]):>14}{p:>14}{limits.get(k, ''):>16}")
+        lines.append(f"  test clips: {cand.get('dataset_fingerprint')}; latency: median of {cfg.latency.repeats} "
+                     f"interleaved forwards after {cfg.latency.warmup} warm-up, {cfg.latency.threads} thread(s), "
+                     f"{cfg.latency.device}")
+    lines += [f"  {d.outcome}: {r}" for r in d.reasons]
+    return "\n".join(lines)
 
 
 def _num(v: float) -> str:
-    """27 -> '27', 5000000 -> '5,000,000', 0.1 -> '0.1', 12.3456 -> '12.35'."""
     v = float(v)
     return f"{int(v):,}" if v.is_integer() else f"{v:.4g}"
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
+    if isinstance(v, bool) or v is None or isinstance(v, str):
         return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.1f}"
-    return str(v)
+    if isinstance(v, int) or float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.1f}"
 
 
-def _report(promote: bool, fails: list[str], passes: list[str], cand: Metrics, champ: Optional[Metrics],
-            budget: GateConfig, title: str = "") -> str:
-    keys = [budget.metric, "latency_ms", "params"]
-    keys += sorted(k for k in set(cand) | set(champ or {}) if k not in keys and k != "dataset_fingerprint")
-    limits = {"params": budget.max_params, "latency_ms": budget.max_latency_ms}
-    lines = [f"Promotion gate: {'PASS -> promote' if promote else 'FAIL -> champion unchanged'}"]
-    if title:
-        lines.append(f"  {title}")
-    lines.append(f"  {'metric':<14}{'candidate':>14}{'champion':>14}{'budget':>14}")
-    for k in keys:
-        c = _fmt(cand.get(k, "-"))
-        p = _fmt(champ.get(k, "-")) if champ is not None else "(none)"
-        b = f"<= {_num(limits[k])}" if limits.get(k) is not None else (
-            f"+{budget.min_top1_margin:g}" if k == budget.metric else "")
-        lines.append(f"  {k:<14}{c:>14}{p:>14}{b:>14}")
-    for r in fails:
-        lines.append(f"  FAIL  {r}")
-    for r in passes:
-        lines.append(f"  ok    {r}")
-    return "\n".join(lines)
+# ----------------------------------------------------------------------------- the gate on the registry
 
 
-def _call_evaluate(evaluate_fn: EvaluateFn, model, ref) -> dict:
-    """``evaluate_fn(model)``, or ``evaluate_fn(model, ref)`` when it takes two positional args."""
-    try:
-        params = [p for p in inspect.signature(evaluate_fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
-        two = len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
-    except (TypeError, ValueError):
-        two = False
-    metrics = evaluate_fn(model, ref) if two else evaluate_fn(model)
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"evaluate_fn must return a mapping of metrics, got {type(metrics).__name__}")
-    return dict(metrics)
-
-
-def promote_if_better(
-    registered_name: str,
-    candidate_version: Union[int, str],
-    evaluate_fn: EvaluateFn,
-    gate_cfg: GateConfig,
-    *,
-    tracking_uri: Optional[str] = None,
-    registry=None,
-    dry_run: bool = False,
-    candidate_metrics: Optional[Metrics] = None,
-) -> GateDecision:
-    """Evaluate the candidate (version number or alias) and the current champion with
-    ``evaluate_fn`` on the same data and move ``champion`` to the candidate only if
-    :func:`evaluate_gate` says so. ``candidate_metrics``: the candidate was already measured with
-    the same function (the pipeline's evaluate step): it is not loaded and measured again.
-    ``dry_run``: decide and report, move nothing (``dtkd gate``). Exceptions propagate; they never
-    move ``champion``."""
+def promote_if_better(registered_name: str, candidate_version: Union[int, str], evaluator: "Evaluator",
+                      gate_cfg: GateConfig, *, tracking_uri: Optional[str] = None, registry=None,
+                      dry_run: bool = False) -> GateDecision:
+    """Measure the candidate (version or alias) and the champion with ``evaluator``, decide
+    (:func:`evaluate_gate`) and, on ``promoted`` and not ``dry_run``, move ``champion`` with a
+    compare-and-set under :meth:`ModelRegistry.champion_lock`: if the champion changed while the
+    gate measured, nothing moves and the outcome is ``lost_race``. The candidate is tagged
+    ``dtkd.gate.decision=pending`` first and its final decision last, so a killed gate never
+    leaves a claim it did not make good. Exceptions propagate (tag ``error``); none moves champion."""
     from dtkd_ops.registry import ModelRegistry
 
     reg = registry or ModelRegistry(tracking_uri)
     cand = reg.get_version(registered_name, candidate_version)
     champ = reg.get_champion(registered_name)
     if champ is not None and champ.version == cand.version:
-        msg = f"{cand} is already the champion; nothing to do"
-        return GateDecision(promote=False, reasons=[msg], report=f"Promotion gate: no-op\n  {msg}",
-                            candidate=str(cand), champion=str(champ), already_champion=True)
+        d = GateDecision(NO_CHANGE, [f"{cand} already is the champion; nothing to decide"], candidate=str(cand),
+                         champion=str(champ), dry_run=dry_run)
+        d.report = format_report(d, gate_cfg)
+        return d
 
+    reg.tag_version(cand, {TAG_DECISION: "pending"})
     try:
-        cand_metrics = (dict(candidate_metrics) if candidate_metrics is not None
-                        else _call_evaluate(evaluate_fn, reg.load_model(registered_name, cand.version), cand))
-        champ_metrics = None
-        if champ is not None:
-            champ_metrics = _call_evaluate(evaluate_fn, reg.load_model(registered_name, champ.version), champ)
-        title = f"candidate {cand}, champion {champ or '(none)'}" + (" [dry run]" if dry_run else "")
-        decision = evaluate_gate(cand_metrics, champ_metrics, gate_cfg, title=title)
+        decision, measured = _measure_and_decide(reg, registered_name, cand, champ, evaluator, gate_cfg)
+        decision.dry_run = dry_run
+        if decision.outcome == PROMOTED and not dry_run:
+            _compare_and_set(reg, registered_name, cand, champ, decision)
     except Exception as err:
-        _safe_tag(reg, cand, {"dtkd.gate.decision": "error", "dtkd.gate.report": f"{type(err).__name__}: {err}"})
+        _safe_tag(reg, cand, {TAG_DECISION: "error", TAG_REPORT: f"{type(err).__name__}: {err}"})
         raise
-    decision.candidate, decision.champion = str(cand), str(champ) if champ else None
-
-    verdict = ("pass" if decision.promote else "fail") + ("-dry-run" if dry_run else "")
-    reg.tag_version(cand, {"dtkd.gate.decision": verdict, "dtkd.gate.report": decision.report})
-    _log_gate_run(reg, registered_name, cand, decision, verdict)
-    if decision.promote and not dry_run:
-        with reg.champion_lock(registered_name):  # the check and the move are one step
-            now = reg.get_champion(registered_name)
-            if (now.version if now else None) != (champ.version if champ else None):
-                # another promotion won meanwhile: this decision compared against a stale champion
-                decision.promote = False
-                decision.reasons = [f"champion moved to {now} while the gate ran (was {champ or 'none'}); "
-                                    f"re-run the gate against the new champion"]
-                decision.report += "\n  FAIL  " + decision.reasons[0]
-                reg.tag_version(cand, {"dtkd.gate.decision": "stale"})
-                return decision
-            decision.candidate = str(reg.set_champion(registered_name, cand.version))  # the last write
-            decision.promoted = True
+    decision.report = format_report(decision, gate_cfg)
+    reg.tag_version(cand, {TAG_DECISION: decision.tag, TAG_REPORT: decision.report})
+    _log_gate_run(reg, registered_name, cand, decision, measured)
     return decision
 
 
-def _safe_tag(reg, ref, tags: Mapping[str, str]) -> None:
+def _measure_and_decide(reg, name: str, cand, champ, evaluator, cfg: GateConfig):
+    from dtkd_ops.evaluation import TAG_TEST_FINGERPRINT, DataMismatch, count_params, latency_ms
+
+    refs = [cand] + ([champ] if champ is not None else [])
+    models = [reg.load_model(name, r.version) for r in refs]
+    try:
+        scores = [evaluator.scores(m, r) for m, r in zip(models, refs)]
+    except DataMismatch as err:
+        return GateDecision(REFUSED, [f"data mismatch: {err}"], candidate=str(cand),
+                            champion=str(champ) if champ else None), []
+    shapes = [tuple(int(s) for s in evaluator.latency_input(r)) for r in refs]
+    lat = cfg.latency
+    times = latency_ms(models, shapes, warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads, device=lat.device)
+    measured = [Measurement(str(r), s, count_params(m), t, shape)
+                for r, m, s, t, shape in zip(refs, models, scores, times, shapes)]
+    decision = evaluate_gate(measured[0], measured[1] if champ is not None else None, cfg,
+                             expected_fingerprint=cand.tags.get(TAG_TEST_FINGERPRINT))
+    return decision, measured
+
+
+def _compare_and_set(reg, name: str, cand, champ, decision: GateDecision) -> None:
+    """Move ``champion`` to ``cand`` only if it still is ``champ`` (the one the gate beat)."""
+    with reg.champion_lock(name):
+        now = reg.get_champion(name)
+        if (now.version if now else None) != (champ.version if champ else None):
+            decision.outcome = LOST_RACE
+            decision.reasons.append(f"lost a concurrent promotion: champion moved to {now} while this gate ran "
+                                    f"(it compared against {champ or 'no champion'}); re-run the gate")
+            return
+        decision.candidate = str(reg.set_champion(name, cand.version))  # the alias move, last
+        decision.promoted = True
+
+
+def _safe_tag(reg, ref, tags) -> None:
     try:
         reg.tag_version(ref, tags)
-    except Exception:  # never hide the original error behind a tagging failure
-        pass
+    except Exception:  # noqa: BLE001 - never hide the original error behind a tagging failure
+        log.warning("could not tag %s with %s", ref, tags)
 
 
-def _log_gate_run(reg, registered_name: str, cand, decision: GateDecision, verdict: str) -> None:
-    """An MLflow run per gate evaluation: both models' numeric metrics and the report."""
+def _log_gate_run(reg, name: str, cand, decision: GateDecision, measured: Sequence[Measurement]) -> None:
+    """An MLflow run per gate: both models' figures, the paired test, the report and the per-clip
+    correctness table (video_id, candidate, champion) that the test was computed from."""
     import mlflow
+    import pandas as pd
 
-    def numeric(prefix: str, metrics: Optional[Mapping[str, Any]]) -> dict[str, float]:
-        out = {}
-        for k, v in (metrics or {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-                out[f"{prefix}{k}"] = float(v)
-        return out
-
-    with reg._run(f"gate-{registered_name}-v{cand.version}"):
-        mlflow.set_tags({"dtkd.gate.model": registered_name, "dtkd.gate.candidate": str(cand.version),
-                         "dtkd.gate.champion": decision.champion or "none", "dtkd.gate.decision": verdict})
-        mlflow.log_metrics({**numeric("candidate.", decision.candidate_metrics),
-                            **numeric("champion.", decision.champion_metrics),
-                            "promote": float(decision.promote)})
+    numbers = {f"{side}.{k}": float(v) for side, m in (("candidate", decision.candidate_metrics),
+                                                       ("champion", decision.champion_metrics or {}))
+               for k, v in m.items() if k != "dataset_fingerprint" and _finite(v)}
+    numbers.update({f"test.{k}": float(v) for k, v in (decision.test or {}).items() if _finite(v)})
+    with reg._run(f"gate-{name}-v{cand.version}"):
+        mlflow.set_tags({"dtkd.gate.model": name, "dtkd.gate.candidate": str(cand.version),
+                         "dtkd.gate.champion": decision.champion or "none", TAG_DECISION: decision.tag,
+                         "dtkd.gate.exit_code": str(decision.exit_code)})
+        mlflow.log_metrics({**numbers, "promoted": float(decision.promoted)})
         mlflow.log_text(decision.report + "\n", "gate_report.txt")
+        if measured:
+            table = pd.DataFrame({"video_id": measured[0].scores.video_ids})
+            for side, m in zip(("candidate", "champion"), measured):
+                if m.scores.video_ids == measured[0].scores.video_ids:  # a refused pairing has no column
+                    table[side] = [int(c) for c in m.scores.correct]
+            mlflow.log_text(table.to_csv(index=False), "gate_clips.csv")
