@@ -1,5 +1,6 @@
 """Evaluate the student on the test split: top-1/top-5, params, FLOPs, latency (the gate's protocol),
-confusion matrix. The promotion gate takes these as the candidate's figures."""
+confusion matrix: the run's headline figures. The promotion gate does not reuse them: it measures
+candidate and champion side by side (steps/register.py)."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -9,6 +10,7 @@ import pandas as pd
 from torch import nn
 from zenml import log_metadata, step
 
+from dtkd.assemble import default_device
 from dtkd.config import EvalConfig, ModelRef
 from dtkd.data import DataConfig, class_names, num_classes_of
 from dtkd_ops.evaluation import evaluate_on_test_split
@@ -21,8 +23,8 @@ def evaluate_student(
     student: nn.Module, manifest: pd.DataFrame, model: ModelRef, evaluation: EvalConfig, data: DataConfig,
     gate: GateConfig,
 ) -> Annotated[dict, "test_metrics"]:
-    metrics, result = evaluate_on_test_split(student, model.view(), manifest, gate, evaluation=evaluation, data=data,
-                                             flops=True)
+    metrics, result, _ = evaluate_on_test_split(student, model.view(), manifest, gate, evaluation=evaluation, data=data,
+                                                flops=True, device=str(default_device()))
     metrics["chance"] = 1.0 / num_classes_of(manifest)
     numbers = {k: float(v) for k, v in metrics.items() if k != "dataset_fingerprint"}
     mlflow.log_metrics({f"test/{k}": v for k, v in numbers.items()})

@@ -1,7 +1,10 @@
-"""Register the student in MLflow as `challenger`; the promotion gate moves `champion` to it only if
-it beats the current champion on the same test split and stays within the cost budget."""
+"""Register the student in MLflow as `challenger`, then run the promotion gate on it: the same
+:func:`dtkd_ops.gate.promote_if_better` as `dtkd gate`/`dtkd promote`, which loads the candidate
+and the champion from the registry and measures both here, on this run's test clips."""
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
@@ -9,11 +12,12 @@ from torch import nn
 from zenml import get_step_context, log_metadata, step
 from zenml.enums import ModelStages
 
+from dtkd.assemble import default_device
 from dtkd.config import EvalConfig, ModelRef, RegistryConfig
 from dtkd.data import DataConfig, manifest_fingerprint
 from dtkd_ops import gate as promotion
 from dtkd_ops import registry as mlflow_registry
-from dtkd_ops.evaluation import evaluate_on_test_split
+from dtkd_ops.evaluation import TEST_MANIFEST_ARTIFACT, TestSplitEvaluator, gate_tags
 from steps.data_version import current_data_tags
 from steps.tracking import TRACKED, numeric_leaves
 
@@ -24,38 +28,35 @@ def register_student(
     evaluation: EvalConfig, data: DataConfig, registry: RegistryConfig, gate: promotion.GateConfig,
 ) -> Annotated[dict, "promotion_decision"]:
     name = registry.student_name
-    candidate = mlflow_registry.register_candidate(
-        student,
-        registered_name=name,
-        metrics=test_metrics,
-        params={"student": model.name, "method": method},
-        tags={"dtkd.role": "student", **current_data_tags()},
-        dataset_fingerprint=manifest_fingerprint(manifest),
-        input_spec=model.input_spec(),
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # The test clips go with the candidate, so `dtkd gate` judges it on exactly these.
+        test_manifest = Path(tmp) / Path(TEST_MANIFEST_ARTIFACT).name
+        manifest[manifest["split"] == "test"].to_parquet(test_manifest, index=False)
+        candidate = mlflow_registry.register_candidate(
+            student,
+            registered_name=name,
+            metrics=test_metrics,
+            params={"student": model.name, "method": method},
+            tags={"dtkd.role": "student", **current_data_tags(), **gate_tags(manifest, evaluation)},
+            dataset_fingerprint=manifest_fingerprint(manifest),
+            input_spec=model.input_spec(),
+            artifacts={str(Path(TEST_MANIFEST_ARTIFACT).parent): test_manifest},
+        )
 
-    # The champion is measured as evaluate_student measured the candidate: same clips, same budget.
-    def measure_champion(champion: nn.Module) -> dict:
-        metrics, _ = evaluate_on_test_split(champion, model.view(), manifest, gate, evaluation=evaluation, data=data)
-        return metrics
-
-    decision = promotion.promote_if_better(
-        name,
-        candidate.version,
-        measure_champion,
-        gate,
-        dry_run=not registry.auto_promote,
-        candidate_metrics=test_metrics,
-    )
-    promoted = decision.promote and registry.auto_promote
-    log_metadata(metadata={"version": candidate.version, "promoted": promoted, "report": decision.report})
+    evaluator = TestSplitEvaluator(manifest, evaluation=evaluation, data=data, device=str(default_device()),
+                                   input_shape=gate.latency.input_shape)
+    decision = promotion.promote_if_better(name, candidate.version, evaluator, gate, dry_run=not registry.auto_promote)
+    log_metadata(metadata={"version": candidate.version, "promoted": decision.promoted, "decision": decision.tag,
+                           "report": decision.report})
     print(decision.report)
-    _mirror_in_model_control_plane(candidate, promoted, test_metrics, decision)
+    print(f"gate decision for {candidate.name} v{candidate.version}: {decision.tag}")
+    _mirror_in_model_control_plane(candidate, decision.promoted, test_metrics, decision)
     return {
         "registered_model": name,
         "version": candidate.version,
-        "gate_passed": decision.promote,
-        "promoted": promoted,
+        "decision": decision.tag,
+        "outcome": decision.outcome,
+        "promoted": decision.promoted,
         "reasons": decision.reasons,
     }
 
@@ -71,7 +72,7 @@ def _mirror_in_model_control_plane(candidate, promoted: bool, test_metrics: dict
         {
             "mlflow": {"registered_model": candidate.name, "version": int(candidate.version), "uri": candidate.uri},
             "test_metrics": numeric_leaves(test_metrics),
-            "gate": {"passed": decision.promote, "reasons": list(decision.reasons)},
+            "gate": {"decision": decision.tag, "reasons": list(decision.reasons)},
         }
     )
     model.set_stage(ModelStages.PRODUCTION if promoted else ModelStages.STAGING, force=True)
