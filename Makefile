@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install stack check data pretrain run retrain schedule test test-fast bench clean
+.PHONY: setup install stack remote check data pretrain run retrain schedule test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -35,10 +35,23 @@ stack: install
 
 setup: stack
 
-# DVC data stages (generate -> manifest -> quality -> store); the stage commands call `python`.
-data: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc push -q
+# The DVC data stages of the run config (generate -> manifest -> quality -> store), derived from its
+# data section into datasets/<name>/ (dtkd_ops.dvc_stages): pull what the remote has, reproduce what
+# changed, push everything the lock names. Only that config's stages run.
+data: install remote
+	@set -euo pipefail; export PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
+	stages=$$($(PY) -m dtkd_ops.dvc_stages $(CONFIG)); \
+	dvc pull -q --allow-missing $$stages || true; \
+	dvc repro $$stages; \
+	dvc push -q $$stages
+
+# The DVC remote lives outside the checkout (`make clean` never deletes it): DTKD_DVC_REMOTE, a local
+# folder by default; a team points it at S3/GCS/SSH (docs/mlops.md, "Data versioning"). Written to
+# .dvc/config.local, which git ignores; an existing default remote is left alone.
+DTKD_DVC_REMOTE ?= $(HOME)/.cache/dtkd/dvc-remote
+remote: install
+	@$(VENV)/bin/dvc remote default >/dev/null 2>&1 || \
+	  $(VENV)/bin/dvc remote add --local -d dtkd $(DTKD_DVC_REMOTE)
 
 # Pretrain the backbones the run config's `pretraining:` section names (reused from the MLflow
 # registry when the same pretraining is registered already), then run the pipeline.
@@ -71,4 +84,4 @@ bench: install
 	$(PY) bench/throughput.py --quick
 
 clean:
-	rm -rf $(DTKD_HOME) .zen data/synthetic
+	rm -rf $(DTKD_HOME) .zen data/default data/tiny

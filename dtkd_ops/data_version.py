@@ -58,14 +58,16 @@ def _is_report(out) -> bool:
 
 
 def tracked_outs(repo_dir: PathLike, *, stages: Optional[Iterable[str]] = None,
-                 include_reports: bool = False) -> dict[str, str]:
+                 paths: Optional[Iterable[PathLike]] = None, include_reports: bool = False) -> dict[str, str]:
     """``{output path: DVC md5}`` of the DVC project's *data* outputs, as recorded in ``dvc.lock``
     and ``*.dvc`` files (read through DVC's own API, templating resolved).
 
     Reports are left out unless ``include_reports``: outputs annotated ``type: report`` (or
     labelled ``report``) in dvc.yaml, metrics, plots and ``cache: false`` outputs. They hold
     timestamps, and re-running a stage on unchanged data must keep the data version.
-    ``stages``: only the outputs of these pipeline stages."""
+    ``stages``: only the outputs of these pipeline stages. ``paths``: only outputs at or inside these
+    paths (relative to the repository, or absolute): the data one run config uses, when the
+    repository tracks several datasets (one DVC pipeline per config, ``datasets/*/dvc.yaml``)."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
@@ -81,6 +83,7 @@ def tracked_outs(repo_dir: PathLike, *, stages: Optional[Iterable[str]] = None,
             unknown = sorted(set(stages) - named)
             if unknown:
                 raise DataVersionError(f"{repo}: no stage(s) {unknown} in dvc.yaml (stages: {sorted(named)})")
+        wanted = None if paths is None else [_rel(repo / p, repo).rstrip("/") for p in paths]
         outs = {}
         for st in all_stages:
             if stages is not None and getattr(st, "name", None) not in set(stages):
@@ -88,12 +91,15 @@ def tracked_outs(repo_dir: PathLike, *, stages: Optional[Iterable[str]] = None,
             for out in st.outs:
                 if not include_reports and _is_report(out):
                     continue
+                path = _rel(Path(st.wdir) / out.def_path, repo)
+                if wanted is not None and not any(path == w or path.startswith(w + "/") for w in wanted):
+                    continue
                 value = out.hash_info.value if out.hash_info else None
                 if not value:
                     raise NotTrackedError(
                         f"{repo}: output '{out.def_path}' of {st.addressing} has no recorded hash; "
                         f"run `dvc repro` (or `dvc commit`) first")
-                outs[_rel(Path(st.wdir) / out.def_path, repo)] = str(value)
+                outs[path] = str(value)
         return outs
     finally:
         dvc_repo.close()
@@ -121,21 +127,22 @@ def git_revision(repo: PathLike) -> Optional[str]:
     rev = _git(repo, "rev-parse", "HEAD")
     if rev is None:
         return None
-    status = _git(repo, "status", "--porcelain", "--", "dvc.yaml", LOCK_FILE, "*.dvc")
+    # pathspecs match at any depth: the per-config pipelines live in datasets/<name>/
+    status = _git(repo, "status", "--porcelain", "--", "*dvc.yaml", "*" + LOCK_FILE, "*params.yaml", "*.dvc")
     return f"{rev}-dirty" if status else rev
 
 
 def data_version(repo_dir: PathLike = ".", *, stages: Optional[Sequence[str]] = None,
-                 strict: bool = False) -> DataVersion:
+                 paths: Optional[Sequence[PathLike]] = None, strict: bool = False) -> DataVersion:
     """The data version of the DVC project at ``repo_dir``: a hash over :func:`tracked_outs`
-    (``stages``: only those stages' outputs, e.g. ``["manifest"]``), the git revision and the
-    lock file. Not a DVC project, or outputs never reproduced: ``dvc_hash`` is None, or
+    (``stages``: only those stages' outputs, e.g. ``["manifest"]``; ``paths``: only outputs at or
+    inside those paths), the git revision and the lock file. Not a DVC project, or outputs never reproduced: ``dvc_hash`` is None, or
     :class:`DataVersionError` with ``strict=True``."""
     repo = Path(repo_dir).resolve()
     if not repo.is_dir():
         raise DataVersionError(f"{repo}: not a directory")
     try:
-        outs = tracked_outs(repo, stages=stages)
+        outs = tracked_outs(repo, stages=stages, paths=paths)
     except NotTrackedError:
         if strict:
             raise

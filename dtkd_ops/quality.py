@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from dtkd_ops._io import (atomic_write_json, atomic_write_text, format_validation_error, load_yaml_mapping,
                           write_manifest)
 from dtkd_ops._gx import GXRunner, failing_rows as _failing_rows
+from dtkd.data.config import QualityRules
 from dtkd.data.manifest import known_sha256
 from dtkd.data.unlabelled import VIDEO_EXTENSIONS
 from dtkd_ops.probe import decode_probe, probe_paths
@@ -47,64 +48,20 @@ class DataQualityError(RuntimeError):
         self.report = report
 
 
-class QualityRules(BaseModel):
-    """Thresholds of the data quality gate (``quality:`` in configs/data.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    expected_labels: Optional[list[str]] = None  # the label set must equal this one
-    expected_num_classes: Optional[int] = Field(None, gt=0)  # used when the names are not known
-    # header frames minus decoded frames above which a video counts as incomplete (truncated or
-    # damaged mid-file): the larger of an absolute tail (containers over-report by a frame or two,
-    # B-frames) and a fraction of the declared length, so the check scales with the video
-    max_missing_frames: int = Field(2, ge=0)
-    max_missing_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    max_decode_errors: int = Field(0, ge=0)  # packets that failed to decode (garbage inside the file)
-    min_frames: int = Field(1, ge=1)  # clip length: frames x sampling rate of the longest view
-    min_fps: float = Field(1.0, gt=0)
-    max_fps: float = Field(120.0, gt=0)
-    min_width: int = Field(16, ge=1)
-    min_height: int = Field(16, ge=1)
-    min_duration_s: float = Field(0.0, ge=0)
-    min_videos_per_class: int = Field(1, ge=1)  # per split, after quarantine
-    max_class_imbalance: float = Field(3.0, ge=1.0)  # max/min videos per class within a split
-    max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    required_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "test"])
-    check_duplicates: bool = True  # sha256 of every file's bytes
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "QualityRules":
-        if self.min_fps > self.max_fps:
-            raise ValueError(f"min_fps ({self.min_fps}) is greater than max_fps ({self.max_fps})")
-        if self.expected_labels is not None:
-            if len(set(self.expected_labels)) != len(self.expected_labels):
-                raise ValueError("expected_labels has duplicates")
-            if self.expected_num_classes is not None and self.expected_num_classes != len(self.expected_labels):
-                raise ValueError(
-                    f"expected_num_classes ({self.expected_num_classes}) != len(expected_labels) "
-                    f"({len(self.expected_labels)})"
-                )
-        return self
-
-
-# Class counts of the public datasets, for the label-set check when names are not configured.
-KNOWN_NUM_CLASSES = {"hmdb51": 51, "ucf101": 101, "ssv2": 174}
-
-
-def rules_for(data_cfg: Any, manifest: Optional[pd.DataFrame] = None, *, min_frames: int = 1,
-              **overrides: Any) -> QualityRules:
-    """Rules for a ``dtkd.data.DataConfig``: the synthetic set's class names, or the known class
-    count of a public dataset, with ``min_frames`` = the longest clip a model reads. ``manifest``
-    is accepted for symmetry with the step and is not needed for the rules."""
-    labels, count = None, None
-    if data_cfg.dataset == "synthetic":
+def rules_for(data_cfg: Any, *, min_frames: int = 1, **overrides: Any) -> QualityRules:
+    """The rules of a ``dtkd.data.DataConfig``: its ``quality`` section, with what it leaves null
+    filled in: ``min_frames`` = the longest clip a model reads (the caller's), and for the
+    synthetic set its generator's class names. A real dataset's label set is the config's
+    (``expected_labels`` / ``expected_num_classes``) or, when neither is set, whatever the videos
+    carry: never a count implied by the dataset's name. ``overrides`` win over both."""
+    rules = data_cfg.quality.model_dump()
+    if rules["min_frames"] is None:
+        rules["min_frames"] = min_frames
+    if data_cfg.dataset == "synthetic" and rules["expected_labels"] is None and rules["expected_num_classes"] is None:
         from dtkd.data.synthetic import class_names
 
-        labels = class_names(data_cfg.synthetic.num_classes, data_cfg.synthetic.vocabulary)
-    else:
-        count = KNOWN_NUM_CLASSES.get(data_cfg.dataset)
-    base = {"expected_labels": labels, "expected_num_classes": count, "min_frames": min_frames}
-    return QualityRules.model_validate({**base, **overrides})
+        rules["expected_labels"] = class_names(data_cfg.synthetic.num_classes, data_cfg.synthetic.vocabulary)
+    return QualityRules.model_validate({**rules, **overrides})
 
 
 def load_quality_rules(path: str | Path, *, section: str | None = "quality", **overrides: Any) -> QualityRules:
@@ -211,13 +168,16 @@ class QualityReport:
             "unlisted_folders": self.unlisted_folders,
         }
 
-    def write(self, out_dir: str | Path, *, relative_to: str | Path | None = None) -> Path:
-        """Write report.json (also DVC metrics), summary.txt, quarantine.csv and
-        clean_manifest.parquet into ``out_dir``, each atomically. ``relative_to``: store the clean
-        manifest's paths relative to this folder (what a DVC output wants)."""
+    def write(self, out_dir: str | Path, *, relative_to: str | Path | None = None,
+              reports_dir: str | Path | None = None) -> Path:
+        """Write quarantine.csv and clean_manifest.parquet into ``out_dir`` and report.json and
+        summary.txt into ``reports_dir`` (default: ``out_dir``), each atomically. The reports hold
+        timings, so a DVC stage keeps them apart from its outputs. ``relative_to``: store the
+        clean manifest's paths relative to this folder (what a DVC output wants)."""
         out = Path(out_dir)
-        atomic_write_json(out / "report.json", self.to_dict())
-        atomic_write_text(out / "summary.txt", self.summary(max_listed=10_000) + "\n")
+        reports = Path(reports_dir) if reports_dir is not None else out
+        atomic_write_json(reports / "report.json", self.to_dict())
+        atomic_write_text(reports / "summary.txt", self.summary(max_listed=10_000) + "\n")
         atomic_write_text(out / "quarantine.csv", self.quarantined.to_csv(index=False))
         if relative_to is not None:
             write_manifest(self.clean_manifest, out / "clean_manifest.parquet", base=relative_to)
@@ -238,12 +198,14 @@ class _Check:
     description: str
     expectation: Any  # a GX expectation instance
     reason: Optional[Callable[[pd.Series], str]] = None  # quarantine reason for one failing row
+    fix: str = ""  # which config key changes the expectation, said when the check fails
 
 
 def _video_checks(rules: QualityRules) -> list[_Check]:
     import great_expectations.expectations as gxe
 
     r = rules
+    min_frames = r.min_frames or 1  # null: no model named a clip length (the CLI without --min-frames)
     checks = [
         _Check("decodable", "quarantine", "every frame of the video decodes",
                gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
@@ -259,9 +221,9 @@ def _video_checks(rules: QualityRules) -> list[_Check]:
         _Check("monotonic_timestamps", "quarantine", "frame timestamps strictly increase",
                gxe.ExpectColumnValuesToBeInSet(column="timestamps_monotonic", value_set=[True]),
                lambda row: "frame timestamps go backwards or repeat (broken or spliced file)"),
-        _Check("min_frames", "quarantine", f"decoded frames >= {r.min_frames} (clip length)",
-               gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=r.min_frames),
-               lambda row: f"{row['frames']:.0f} frames < clip length {r.min_frames}"),
+        _Check("min_frames", "quarantine", f"decoded frames >= {min_frames} (clip length)",
+               gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=min_frames),
+               lambda row: f"{row['frames']:.0f} frames < clip length {min_frames}"),
         _Check("fps_range", "quarantine", f"fps in [{r.min_fps:g}, {r.max_fps:g}]",
                gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=r.min_fps, max_value=r.max_fps),
                lambda row: f"fps {row['fps']:g} outside [{r.min_fps:g}, {r.max_fps:g}]"),
@@ -299,15 +261,25 @@ def _clean_checks(rules: QualityRules) -> list[_Check]:
         _Check("required_splits", "dataset", f"splits {rules.required_splits} present after quarantine",
                gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(rules.required_splits))),
     ]
+    fix = ("to change it set data.quality.expected_labels or expected_num_classes in the run config "
+           "(both null: the labels the videos carry)")
     if rules.expected_labels is not None:
-        checks.append(_Check("label_set", "dataset", f"label set equals the config's ({len(rules.expected_labels)})",
+        checks.append(_Check("label_set", "dataset", f"label set equals the config's {len(rules.expected_labels)}: "
+                             f"{_short(rules.expected_labels)}",
                              gxe.ExpectColumnDistinctValuesToEqualSet(column="label",
-                                                                       value_set=list(rules.expected_labels))))
+                                                                       value_set=list(rules.expected_labels)),
+                             fix=fix))
     elif rules.expected_num_classes is not None:
         n = rules.expected_num_classes
         checks.append(_Check("label_set", "dataset", f"exactly {n} labels",
-                             gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=n, max_value=n)))
+                             gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=n, max_value=n),
+                             fix=fix))
     return checks
+
+
+def _short(items: list[str], most: int = 8) -> str:
+    shown = ", ".join(map(str, items[:most]))
+    return f"[{shown}{', ...' if len(items) > most else ''}]"
 
 
 def _class_checks(rules: QualityRules) -> list[_Check]:
@@ -523,6 +495,8 @@ def _validate(gx_ctx, suite: str, table: pd.DataFrame, checks: list, key: str) -
 
 
 def _result(check, res, failing: int, detail: str) -> CheckResult:
+    if not res.success and check.fix:
+        detail = f"{detail}; {check.fix}" if detail else check.fix
     return CheckResult(check.name, check.kind, check.description, res.success, failing, detail, res.expectation_config.type)
 
 

@@ -20,6 +20,6 @@ from steps.data_version import check_data_version
 @pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST)
 def retraining_pipeline(config: dict, force: bool = False) -> None:
     cfg = validated(config)
-    decision = check_data_version(registered_name=cfg.registry.student_name, force=force)
+    decision = check_data_version(registered_name=cfg.registry.student_name, data=cfg.data, force=force)
     if decision.load()["retrain"]:
         train_and_register(cfg)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
+from dtkd.data import DataConfig
 from dtkd_ops.data_version import data_version
 from dtkd_ops.registry import ModelRegistry
 from dtkd_ops.home import REPO_ROOT, tracking_uri
@@ -18,17 +19,23 @@ def data_repo() -> Path:
     return Path(os.environ.get("DTKD_DATA_REPO", REPO_ROOT))
 
 
-def current_data_tags() -> dict[str, str]:
-    """`dtkd.data.dvc_hash` and `dtkd.data.git_rev` for MLflow runs, model versions and ZenML."""
-    return data_version(data_repo()).tags()
+def data_paths(data: DataConfig) -> list[Path]:
+    """The DVC outputs that make up a run's data: its videos and its clip store."""
+    return [data.root] + ([data.store.dir] if data.store.enabled and data.store.dir is not None else [])
+
+
+def current_data_tags(data: DataConfig) -> dict[str, str]:
+    """`dtkd.data.dvc_hash` (of this config's data only) and `dtkd.data.git_rev` for MLflow runs,
+    model versions and ZenML."""
+    return data_version(data_repo(), paths=data_paths(data)).tags()
 
 
 @step(enable_cache=False)
-def check_data_version(registered_name: str, force: bool = False) -> Annotated[dict, "retrain_decision"]:
+def check_data_version(registered_name: str, data: DataConfig, force: bool = False) -> Annotated[dict, "retrain_decision"]:
     """Retrain when the DVC data version differs from the one the current champion was trained
     on, when there is no champion, when the data is not tracked by DVC (nothing to compare), or
     when forced."""
-    current = data_version(data_repo())
+    current = data_version(data_repo(), paths=data_paths(data))
     champion = ModelRegistry(tracking_uri()).get_champion(registered_name)
     trained_on = champion.tags.get("dtkd.data.dvc_hash") if champion else None
     if force:

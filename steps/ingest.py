@@ -32,7 +32,7 @@ def ingest_data(data: DataConfig) -> Annotated[pd.DataFrame, "manifest"]:
             "per_split": {k: int(v) for k, v in manifest["split"].value_counts().items()},
             "root": str(data.root),
             "fingerprint": manifest_fingerprint(manifest),
-            **current_data_tags(),
+            **current_data_tags(data),
         }
     )
     return manifest

@@ -46,7 +46,7 @@ def pretrain_model(manifest: pd.DataFrame, stage: PretrainStage,
         found = registry.register_candidate(
             job.model, registered_name=name, metrics=metrics, alias=pretraining.alias,
             params={"model": stage.model.name, "role": stage.role, "classes": int(manifest["label_idx"].max()) + 1},
-            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, **current_data_tags()},
+            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, **current_data_tags(stage.data)},
             dataset_fingerprint=manifest_fingerprint(manifest), input_spec=stage.model.input_spec())
         print(f"pretrained {stage.role} ({stage.model.name}): corpus test top-1 {metrics['top1']:.4f}, "
               f"registered {name} v{found.version}")

@@ -37,7 +37,7 @@ def register_student(
             registered_name=name,
             metrics=test_metrics,
             params={"student": model.name, "method": method},
-            tags={"dtkd.role": "student", **current_data_tags(), **gate_tags(manifest, evaluation)},
+            tags={"dtkd.role": "student", **current_data_tags(data), **gate_tags(manifest, evaluation)},
             dataset_fingerprint=manifest_fingerprint(manifest),
             input_spec=model.input_spec(),
             artifacts={str(Path(TEST_MANIFEST_ARTIFACT).parent): test_manifest},

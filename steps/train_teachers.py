@@ -31,7 +31,7 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
         registered_name=registered_name,
         metrics=metrics,
         params={"model": ref.name, "role": role},
-        tags={"dtkd.role": f"{role}_teacher", **current_data_tags()},
+        tags={"dtkd.role": f"{role}_teacher", **current_data_tags(stage.data)},
         dataset_fingerprint=manifest_fingerprint(manifest),
         input_spec=ref.input_spec(),
     )

@@ -21,7 +21,7 @@ from steps.tracking import TRACKED
 def validate_data(
     manifest: pd.DataFrame, data: DataConfig, min_frames: int
 ) -> tuple[Annotated[pd.DataFrame, "clean_manifest"], Annotated[HTMLString, "data_docs"]]:
-    rules = rules_for(data, manifest, min_frames=min_frames)
+    rules = rules_for(data, min_frames=min_frames)  # the same rules as the DVC quality stage
     with tempfile.TemporaryDirectory() as tmp:
         report = run_quality_gate(manifest, rules, docs_dir=Path(tmp) / "data_docs", data_root=data.root)
         mlflow.log_artifacts(str(report.docs_path), artifact_path="data_docs")

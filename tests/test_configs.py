@@ -5,7 +5,6 @@ import pytest
 import yaml
 
 from dtkd.config import ConfigError, load_config, validate_config
-from dtkd.data import DataConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = ["default.yaml", "tiny.yaml", "paper_hmdb51.yaml"]
@@ -17,17 +16,17 @@ def test_shipped_run_configs_validate(name):
     assert cfg.distill.method == "dtkd"  # the default pipeline uses the full method
 
 
-def test_default_run_uses_the_data_dvc_tracks():
-    # `make run` runs `dvc repro` (configs/data.yaml) before the pipeline (configs/default.yaml):
-    # both must describe the same data, or ingest would refuse the DVC-generated dataset.
-    dvc_data = DataConfig.model_validate(yaml.safe_load((REPO / "configs" / "data.yaml").read_text())["data"])
-    run_data = load_config(REPO / "configs" / "default.yaml").data
-    for field in ("dataset", "root", "split", "synthetic", "store"):
-        assert getattr(run_data, field) == getattr(dvc_data, field), field
-    # The same for the pretraining corpus (DVC stage generate_pretraining_corpus).
-    dvc_corpus = DataConfig.model_validate(yaml.safe_load((REPO / "configs" / "data.yaml").read_text())["pretraining"])
-    run_corpus = load_config(REPO / "configs" / "default.yaml").pretraining.data
-    assert (run_corpus.root, run_corpus.synthetic) == (dvc_corpus.root, dvc_corpus.synthetic)
+def test_shipped_dvc_pipelines_are_derived_from_the_run_configs():
+    # `make data` runs the DVC pipeline derived from the run config (datasets/<name>/): the committed
+    # ones must be what the configs derive now, or DVC would version different data than the run reads.
+    from dtkd_ops.dvc_stages import stale
+
+    for name in RUN_CONFIGS:
+        assert stale(REPO / "configs" / name, REPO) == [], name
+    # Configs with the same data share one pipeline (DVC refuses two stages writing one path).
+    from dtkd_ops.dvc_stages import pipeline_dir_for
+
+    assert pipeline_dir_for(REPO / "configs" / "default.yaml", REPO)[0] == Path("datasets/default")
 
 
 def _default_dict() -> dict:

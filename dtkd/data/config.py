@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+import inspect
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -74,9 +75,56 @@ class ValSplitConfig(_Strict):
     seed: int = Field(0, description="which clips move: ordered by sha256(seed, video_id)")
 
 
+class QualityRules(_Strict):
+    """Thresholds of the data quality gate (``data.quality`` of a run config; dtkd_ops.quality runs
+    it with Great Expectations). The one place they live: the pipeline's ``validate_data`` step and
+    the DVC ``quality`` stage both read this section of the same run config.
+
+    The label set comes from here or from the data, never from a dataset's name: with neither
+    ``expected_labels`` nor ``expected_num_classes`` set, the labels the videos carry are the set
+    (the synthetic set's are its generator's class names)."""
+
+    expected_labels: Optional[list[str]] = Field(None, description="the label set must equal this one")
+    expected_num_classes: Optional[int] = Field(None, gt=0, description="used when the names are not listed")
+    # header frames minus decoded frames above which a video counts as incomplete (truncated or
+    # damaged mid-file): the larger of an absolute tail (containers over-report by a frame or two,
+    # B-frames) and a fraction of the declared length, so the check scales with the video
+    max_missing_frames: int = Field(2, ge=0)
+    max_missing_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    max_decode_errors: int = Field(0, ge=0, description="packets that failed to decode (garbage inside the file)")
+    min_frames: Optional[int] = Field(None, ge=1, description="clip length; null: the longest view any model reads "
+                                      "(frames x sampling rate)")
+    min_fps: float = Field(1.0, gt=0)
+    max_fps: float = Field(120.0, gt=0)
+    min_width: int = Field(16, ge=1)
+    min_height: int = Field(16, ge=1)
+    min_duration_s: float = Field(0.0, ge=0)
+    min_videos_per_class: int = Field(1, ge=1, description="per split, after quarantine")
+    max_class_imbalance: float = Field(3.0, ge=1.0, description="max/min videos per class within a split")
+    max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    required_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "test"])
+    check_duplicates: bool = Field(True, description="sha256 of every file's bytes")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "QualityRules":
+        if self.min_fps > self.max_fps:
+            raise ValueError(f"min_fps ({self.min_fps}) is greater than max_fps ({self.max_fps})")
+        if self.expected_labels is not None:
+            if len(set(self.expected_labels)) != len(self.expected_labels):
+                raise ValueError("expected_labels has duplicates")
+            if self.expected_num_classes is not None and self.expected_num_classes != len(self.expected_labels):
+                raise ValueError(
+                    f"expected_num_classes ({self.expected_num_classes}) != len(expected_labels) "
+                    f"({len(self.expected_labels)})"
+                )
+        return self
+
+
 class DataConfig(_Strict):
     dataset: str = "synthetic"
     root: Path = Path("data/synthetic")
+    reader: dict[str, Any] = Field(default_factory=dict, description="options of the dataset's reader, e.g. hmdb51: "
+                                   "video_dir, split_dir; ucf101: video_dir, list_dir (dtkd.data.formats)")
     split: int = Field(1, ge=1, le=3, description="official fold (hmdb51/ucf101: 1-3; others: 1)")
     synthetic: SyntheticConfig = SyntheticConfig()
     store: StoreConfig = StoreConfig()
@@ -89,6 +137,7 @@ class DataConfig(_Strict):
     # quality gate to quarantine, "raise" stops, "skip" drops it with a warning.
     on_bad_video: Literal["raise", "flag", "skip"] = "flag"
     val: ValSplitConfig = ValSplitConfig()
+    quality: QualityRules = QualityRules()
     unlabelled: Optional[str] = Field(None, description="the unlabelled transfer set (distill.transfer_set): a folder "
                                       "of videos in any layout, or 'synthetic' (the generator's unused clips)")
 
@@ -98,6 +147,17 @@ class DataConfig(_Strict):
         if name not in DATASETS:
             raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
         return name
+
+    @model_validator(mode="after")
+    def _reader_options(self) -> "DataConfig":
+        """Reader options are checked against the reader's own keyword arguments, so a typo fails
+        here, naming the options the reader has."""
+        params = inspect.signature(DATASETS.get(self.dataset)).parameters
+        allowed = sorted(name for name, p in params.items() if p.kind is p.KEYWORD_ONLY)
+        unknown = sorted(set(self.reader) - set(allowed))
+        if unknown:
+            raise ValueError(f"reader: {self.dataset} has no option(s) {unknown}; its options: {allowed or 'none'}")
+        return self
 
     @field_validator("train_scale")
     @classmethod

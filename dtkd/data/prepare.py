@@ -17,7 +17,8 @@ def prepare_manifest(cfg: DataConfig, *, workers: int = 1) -> pd.DataFrame:
     unlabelled transfer set (``cfg.unlabelled``, split ``unlabelled``, label_idx -1)."""
     if cfg.dataset == "synthetic":
         generate_synthetic(cfg.root, **cfg.synthetic.model_dump())
-    manifest = build_manifest(cfg.dataset, cfg.root, split=cfg.split, on_error=cfg.on_bad_video, workers=workers)
+    manifest = build_manifest(cfg.dataset, cfg.root, split=cfg.split, on_error=cfg.on_bad_video, workers=workers,
+                              **cfg.reader)
     manifest = carve_validation(manifest, cfg.val.fraction, seed=cfg.val.seed)
     if cfg.unlabelled is not None:
         entries = unlabelled_entries(cfg.unlabelled, split=cfg.split,

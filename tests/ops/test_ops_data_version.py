@@ -98,49 +98,77 @@ def test_not_a_dvc_project(tmp_path):
         dvc(tmp_path, "status")
 
 
+def _run_config(path, *, root, classes, seed=0):
+    """A small run config of the embedded kind: its own data root, a small pretraining corpus."""
+    config = {"data": {"root": f"data/{root}/videos",
+                       "synthetic": {"num_classes": classes, "clips_per_class": {"train": 3, "val": 1, "test": 2},
+                                     "frames": 8, "size": 32, "seed": seed},
+                       "store": {"enabled": True, "dir": f"data/{root}/store"}},
+              "models": {"student": {"name": "x3d_tiny", "frames": 4, "sampling_rate": 2, "crop_size": 32},
+                         "cnn_teacher": {"name": "x3d_tiny_m", "frames": 4, "sampling_rate": 2, "crop_size": 32},
+                         "vit_teacher": {"name": "mvit_tiny", "frames": 4, "sampling_rate": 2, "crop_size": 32}},
+              "pretraining": {"roles": ["cnn"], "data": {"root": f"data/{root}/pretrain", "synthetic": {
+                  "num_classes": 3, "clips_per_class": {"train": 2, "val": 1, "test": 1}, "frames": 8}}}}
+    path.write_text(yaml.safe_dump({"enable_cache": True, "parameters": {"config": config}}, sort_keys=False))
+
+
+def _derive(repo, config) -> str:
+    proc = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "dtkd_ops.dvc_stages", config],
+                          cwd=repo, check=True, capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
 @pytest.mark.slow
-def test_repo_dvc_yaml_reproduces_pushes_and_pulls(tmp_path):
-    """The repository's own dvc.yaml (generate -> manifest -> quality -> store) on a small
-    synthetic set, in a throwaway git+DVC repo that links dtkd's sources."""
-    repo = tmp_path / "repo"
-    (repo / "configs").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
-    cfg = yaml.safe_load((REPO_ROOT / "configs" / "data.yaml").read_text())
-    cfg["data"]["synthetic"].update(num_classes=2, clips_per_class={"train": 3, "val": 1, "test": 2})
-    cfg["pretraining"]["synthetic"].update(num_classes=3, clips_per_class={"train": 2, "val": 1, "test": 1})
-    (repo / "configs" / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+def test_derived_stages_reproduce_push_and_pull_into_a_second_clone_byte_for_byte(tmp_path):
+    """The DVC pipeline derived from a run config (dtkd_ops.dvc_stages), in a throwaway git+DVC
+    repo that links dtkd's sources: reproduce, commit, push; a second clone pointed at the same
+    remote pulls the same bytes; nothing of another config's data runs; both trees stay clean."""
+    origin = tmp_path / "origin"
+    (origin / "configs").mkdir(parents=True)
     for pkg in ("dtkd", "dtkd_ops"):
-        os.symlink(REPO_ROOT / pkg, repo / pkg)
-    git(repo, "init", "-q")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    dvc(repo, "init", "-q")
-    add_local_remote(repo, tmp_path / "remote")
+        os.symlink(REPO_ROOT / pkg, origin / pkg)
+    _run_config(origin / "configs" / "small.yaml", root="small", classes=2)
+    _run_config(origin / "configs" / "other.yaml", root="other", classes=3)
+    git(origin, "init", "-q")
+    (origin / ".gitignore").write_text("__pycache__/\n/data/\n")
+    dvc(origin, "init", "-q")
+    add_local_remote(origin, tmp_path / "remote")  # in .dvc/config: a clone points at the same remote
 
     old_path = os.environ["PATH"]
     os.environ["PATH"] = f"{REPO_ROOT / '.venv' / 'bin'}{os.pathsep}{old_path}"  # `python` in stage cmds
     try:
-        dvc(repo, "repro")
-        v1 = data_version(repo, strict=True)
-        assert set(v1.outs) == {"data/synthetic", "data/manifest.parquet", "data/quality/clean_manifest.parquet",
-                                "data/quality/quarantine.csv", "data/store", "data/pretrain"}
-        assert len(list((repo / "data" / "pretrain").rglob("*.avi"))) == 12  # the pretraining corpus
-        report = yaml.safe_load((repo / "data" / "quality" / "report.json").read_text())
+        small = _derive(origin, "configs/small.yaml")
+        assert small == "datasets/small/dvc.yaml"
+        _derive(origin, "configs/other.yaml")
+        dvc(origin, "repro", small)
+        v1 = data_version(origin, paths=["data/small/videos", "data/small/store"], strict=True)
+        assert set(v1.outs) == {"data/small/videos", "data/small/store"}
+        assert not (origin / "data" / "other").exists()  # only the config's own stages ran
+        assert len(list((origin / "data" / "small" / "pretrain").rglob("*.avi"))) == 12  # the corpus
+        report = yaml.safe_load((origin / "data" / "small" / "quality" / "report" / "report.json").read_text())
         assert report["success"] and report["n_videos"] == 12
-        assert "data/quality/report.json" in dvc(repo, "metrics", "show").stdout
-        assert "up to date" in dvc(repo, "status").stdout.lower()
+        dvc(origin, "push", small)
+        git(origin, "add", "-A")
+        git(origin, "commit", "-q", "-m", "data")
+        dvc(origin, "repro", small)  # a second repro changes nothing: the lock is a function of the data
+        assert git(origin, "status", "--porcelain") == ""
+        assert not data_version(origin, paths=["data/small/videos"]).git_rev.endswith("-dirty")
 
-        dvc(repo, "push")
-        shutil.rmtree(repo / ".dvc" / "cache")
-        shutil.rmtree(repo / "data")
-        dvc(repo, "pull")
-        assert data_version(repo, strict=True).dvc_hash == v1.dvc_hash
-        assert "up to date" in dvc(repo, "status").stdout.lower()
+        clone = tmp_path / "clone"
+        git(tmp_path, "clone", "-q", str(origin), str(clone))
+        dvc(clone, "pull", small)
+        for sub in ("videos", "store", "pretrain", "manifest.parquet", "quality/clean_manifest.parquet"):
+            src, dst = origin / "data" / "small" / sub, clone / "data" / "small" / sub
+            assert (_files(dst) if dst.is_dir() else dst.read_bytes()) == (_files(src) if src.is_dir() else src.read_bytes()), sub
+        assert "up to date" in dvc(clone, "status", small).stdout.lower()
+        assert git(clone, "status", "--porcelain") == ""
+        assert data_version(clone, paths=["data/small/videos", "data/small/store"]).dvc_hash == v1.dvc_hash
 
-        # a data knob changes the version
-        cfg["data"]["synthetic"]["seed"] = 1
-        (repo / "configs" / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        assert "data.synthetic" in dvc(repo, "status").stdout
-        dvc(repo, "repro")
-        assert data_version(repo, strict=True).dvc_hash != v1.dvc_hash
+        # a data knob in the run config changes the derived params, the stages and the version
+        _run_config(origin / "configs" / "small.yaml", root="small", classes=2, seed=1)
+        assert _derive(origin, "configs/small.yaml") == small
+        assert "data.synthetic" in dvc(origin, "status", small).stdout
+        dvc(origin, "repro", small)
+        assert data_version(origin, paths=["data/small/videos"]).dvc_hash != v1.dvc_hash
     finally:
         os.environ["PATH"] = old_path

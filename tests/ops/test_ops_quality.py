@@ -120,7 +120,7 @@ def test_label_set_and_class_balance(dataset, quality_rules):
     rules = quality_rules.model_copy(update={"expected_labels": CLASSES + ["run"]})
     report = run_quality_gate(manifest, rules)
     assert not report.success
-    assert _check(report, "label_set").detail == "missing ['run']"
+    assert _check(report, "label_set").detail.startswith("missing ['run']; to change it set data.quality.expected_labels")
     assert not _check(report, "videos_per_class").success  # 'run' has no videos in either split
 
     # 4 vs 1 train videos per class > 2.0 allowed
@@ -146,7 +146,8 @@ def test_expected_num_classes_when_names_are_unknown(dataset):
     ok = run_quality_gate(manifest, QualityRules(expected_num_classes=3, min_frames=8))
     bad = run_quality_gate(manifest, QualityRules(expected_num_classes=6, min_frames=8))
     assert ok.success and not bad.success
-    assert _check(bad, "label_set").detail == "observed 3"
+    assert _check(bad, "label_set").detail.startswith("observed 3; to change it set data.quality.expected_labels")
+    assert "exactly 6 labels" in bad.summary()  # what it expected, what it found, which key changes it
 
 
 def test_report_write_is_complete(dataset, quality_rules, tmp_path):
@@ -178,11 +179,18 @@ def test_rules_and_manifest_errors_name_the_key(tmp_path, quality_rules):
         run_quality_gate(pd.DataFrame({"video_id": [], "path": [], "label": []}), quality_rules)
 
 
-def test_repo_data_config_rules_load():
-    from ops_helpers import REPO_ROOT
+def test_rules_come_from_the_run_configs_data_section_never_from_the_dataset_name():
+    from dtkd.data import DataConfig
+    from dtkd_ops.quality import rules_for
 
-    rules = load_quality_rules(REPO_ROOT / "configs" / "data.yaml")
-    assert rules.min_frames >= 1 and rules.max_quarantine_fraction <= 0.5
+    # a real dataset with its own class count: nothing implied by the name 'hmdb51'
+    real = DataConfig(dataset="hmdb51", root="x", quality={"min_width": 64})
+    rules = rules_for(real, min_frames=16)
+    assert (rules.expected_labels, rules.expected_num_classes, rules.min_frames, rules.min_width) == (None, None, 16, 64)
+    assert rules_for(DataConfig(dataset="ucf101", root="x", quality={"expected_num_classes": 6})).expected_num_classes == 6
+    # the synthetic set: its generator's class names; a configured min_frames wins over the models'
+    synth = rules_for(DataConfig(quality={"min_frames": 4}), min_frames=16)
+    assert len(synth.expected_labels) == 6 and synth.min_frames == 4
 
 
 def test_unlabelled_transfer_videos_pass_the_video_checks_and_skip_the_label_checks(dataset, quality_rules, tmp_path):
@@ -287,3 +295,36 @@ def test_videos_and_class_folders_no_split_lists_are_reported(dataset, quality_r
     assert "Not in the dataset: 2 video(s) on disk that no split lists" in summary and str(stray) in summary
     assert f"1 folder(s) with videos none of which is listed: {extra}" in summary
     assert report.to_dict()["unlisted_folders"] == [str(extra)]
+
+
+def test_an_hmdb51_layout_dataset_with_its_own_class_count_and_folders(tmp_path):
+    """A 6-class dataset in the official HMDB51 layout, with its videos and split files in folders
+    of its own choosing (`data.reader`), passes the gate with no count implied by the name; a wrong
+    expectation fails saying what it expected, what it found and which key changes it."""
+    from dtkd.data import DataConfig, prepare_manifest
+    from dtkd.data.synthetic import generate_synthetic
+    from dtkd_ops.quality import rules_for
+
+    made = tmp_path / "made"
+    generate_synthetic(made, num_classes=6, clips_per_class={"train": 2, "test": 1}, frames=8, size=32)
+    root = tmp_path / "mydata"
+    (root / "lists").mkdir(parents=True)
+    for f in (made / "testTrainMulti_7030_splits").iterdir():
+        shutil.copy(f, root / "lists" / f.name)
+    shutil.copytree(made, tmp_path / "clips", ignore=shutil.ignore_patterns("testTrainMulti_7030_splits", "*.json"))
+
+    data = DataConfig(dataset="hmdb51", root=root, reader={"video_dir": str(tmp_path / "clips"), "split_dir": "lists"})
+    manifest = prepare_manifest(data)
+    assert manifest["label"].nunique() == 6 and len(manifest) == 18
+    report = run_quality_gate(manifest, rules_for(data, min_frames=8))
+    assert report.success, report.summary()
+
+    wrong = data.model_copy(update={"quality": data.quality.model_copy(update={"expected_num_classes": 51})})
+    failed = run_quality_gate(manifest, rules_for(wrong, min_frames=8))
+    assert not failed.success
+    check = _check(failed, "label_set")
+    assert check.description == "exactly 51 labels"
+    assert check.detail.startswith("observed 6; to change it set data.quality.expected_labels or expected_num_classes")
+    assert check.description in failed.summary() and check.detail in failed.summary()
+    with pytest.raises(ValueError, match=r"reader: hmdb51 has no option\(s\) \['videodir'\]; its options: "):
+        DataConfig(dataset="hmdb51", root=root, reader={"videodir": "x"})

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from dtkd.config import validate_config
+from dtkd.data.synthetic import generate_synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +99,7 @@ class Home:
         dtkd_cfg.setdefault("registry", {})["gate_config"] = str(root / "gate.yaml")
         # Every generator knob, the library defaults the config does not restate included.
         self.synthetic = validate_config(dtkd_cfg).data.synthetic.model_dump()
+        self.corpus = validate_config(dtkd_cfg).pretraining.data.synthetic.model_dump()
         self.config = root / "tiny.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
 
@@ -114,6 +116,9 @@ class Home:
              "--fps", s["fps"], "--seed", s["seed"]],
             self.env,
         )
+        # the pretraining corpus is versioned too: pretrained backbones carry its data version
+        generate_synthetic(self.data_repo / "data" / "pretrain", **self.corpus)
+        _run([DVC, "add", "-q", "data/pretrain"], self.env, cwd=self.data_repo)
         self.dvc_add()
 
     def dvc_add(self) -> None:
