@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluator(args, cfg, registry):
-    from dtkd_ops.evaluation import TestSplitEvaluator, gated_test_manifest, recorded_protocol
+    from dtkd_ops.evaluation import TestSplitEvaluator, gated_test_manifest, recorded_classes, recorded_protocol
 
     if args.evaluator:
         module, _, name = args.evaluator.partition(":")
@@ -100,8 +100,10 @@ def _evaluator(args, cfg, registry):
         return factory(args.manifest, cfg, registry)
     candidate = registry.get_version(args.model, args.candidate)
     manifest = args.manifest or gated_test_manifest(registry, candidate)
+    classes = recorded_classes(candidate)
     return TestSplitEvaluator(manifest, split=args.split, evaluation=recorded_protocol(candidate, args.batch_size),
-                              device=args.device, input_shape=cfg.latency.input_shape)
+                              device=args.device, input_shape=cfg.latency.input_shape,
+                              num_classes=len(classes) if classes else None)
 
 
 def _cmd_gate(args, *, promote: bool) -> int:

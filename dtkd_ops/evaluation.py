@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dtkd.config import EvalConfig
-from dtkd.data import DataConfig, ViewSpec, manifest_fingerprint, num_classes_of
+from dtkd.data import DataConfig, ViewSpec, class_names, manifest_fingerprint, num_classes_of
 from dtkd.eval import EvalResult
 from dtkd_ops._io import read_manifest
 from dtkd_ops.registry import TAG_INPUT_SPEC, ModelVersionRef
@@ -36,6 +36,7 @@ VIEW_FIELDS = ("frames", "sampling_rate", "crop_size", "mean", "std")
 TEST_MANIFEST_ARTIFACT = "gate/test_manifest.parquet"  # logged with each candidate by the register step
 TAG_TEST_FINGERPRINT = "dtkd.gate.test_fingerprint"  # the test split the candidate was registered with
 TAG_PROTOCOL = "dtkd.gate.protocol"  # {"num_clips", "num_crops"} of the pipeline's evaluation
+TAG_CLASSES = "dtkd.gate.classes"  # the class names the model predicts, in label_idx order
 
 
 class DataMismatch(ValueError):
@@ -208,7 +209,7 @@ class TestSplitEvaluator:
 
     def __init__(self, manifest: Union[pd.DataFrame, str, Path], *, split: str = "test",
                  evaluation: Optional[EvalConfig] = None, data: Optional[DataConfig] = None,
-                 device: str = "cpu", input_shape: Optional[Sequence[int]] = None):
+                 device: str = "cpu", input_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None):
         df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
         if not (df["split"] == split).any():
             raise ValueError(f"manifest has no '{split}' rows (splits: {sorted(df['split'].unique())})")
@@ -216,7 +217,7 @@ class TestSplitEvaluator:
         self.evaluation = evaluation or EvalConfig()
         self.data = data or DataConfig(num_workers=0)
         self.rows = df[df["split"] == split].reset_index(drop=True)  # ClipDataset's row order
-        self.num_classes = num_classes_of(df)
+        self.num_classes = num_classes or num_classes_of(df)  # a test-only manifest may lack the last class
         self.input_shape = list(input_shape) if input_shape else None
 
     def view(self, ref: ModelVersionRef) -> ViewSpec:
@@ -265,7 +266,22 @@ def evaluate_on_test_split(model, view: ViewSpec, manifest: pd.DataFrame, gate, 
 def gate_tags(manifest: pd.DataFrame, evaluation: EvalConfig, split: str = "test") -> dict[str, str]:
     """Version tags that let ``dtkd gate`` judge a candidate exactly as the pipeline did."""
     protocol = {"num_clips": evaluation.num_clips, "num_crops": evaluation.num_crops}
-    return {TAG_TEST_FINGERPRINT: manifest_fingerprint(manifest, split), TAG_PROTOCOL: json.dumps(protocol)}
+    return {TAG_TEST_FINGERPRINT: manifest_fingerprint(manifest, split), TAG_PROTOCOL: json.dumps(protocol),
+            TAG_CLASSES: json.dumps(class_names(manifest))}
+
+
+def recorded_classes(ref: ModelVersionRef) -> Optional[list[str]]:
+    return json.loads(ref.tags[TAG_CLASSES]) if TAG_CLASSES in ref.tags else None
+
+
+def label_mismatch(candidate: ModelVersionRef, champion: ModelVersionRef) -> Optional[str]:
+    """Why the two cannot be compared clip by clip: they predict different label sets (when both
+    recorded theirs). Such a candidate is a new model, not a replacement: promote it by hand."""
+    a, b = recorded_classes(candidate), recorded_classes(champion)
+    if a is None or b is None or a == b:
+        return None
+    return (f"{candidate} predicts {len(a)} classes {a[:6]}{'...' if len(a) > 6 else ''}, {champion} "
+            f"{len(b)} classes {b[:6]}{'...' if len(b) > 6 else ''}: not the same labels")
 
 
 def recorded_protocol(ref: ModelVersionRef, batch_size: int = 8) -> EvalConfig:

@@ -342,8 +342,11 @@ def promote_if_better(registered_name: str, candidate_version: Union[int, str], 
 
 
 def _measure_and_decide(reg, name: str, cand, champ, evaluator, cfg: GateConfig):
-    from dtkd_ops.evaluation import TAG_TEST_FINGERPRINT, DataMismatch, count_params, latency_ms
+    from dtkd_ops.evaluation import TAG_TEST_FINGERPRINT, DataMismatch, count_params, label_mismatch, latency_ms
 
+    labels = label_mismatch(cand, champ) if champ is not None else None
+    if labels:
+        return GateDecision(REFUSED, [f"data mismatch: {labels}"], candidate=str(cand), champion=str(champ)), []
     refs = [cand] + ([champ] if champ is not None else [])
     models = [reg.load_model(name, r.version) for r in refs]
     try:

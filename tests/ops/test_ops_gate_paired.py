@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ops_helpers import N_FEATURES, toy_data, toy_model
-from dtkd_ops.evaluation import TAG_TEST_FINGERPRINT, ClipScores, DataMismatch, latency_ms
+from dtkd_ops.evaluation import TAG_CLASSES, TAG_TEST_FINGERPRINT, ClipScores, DataMismatch, latency_ms
 from dtkd_ops.gate import (EXIT_CODES, LOST_RACE, NO_CHANGE, PROMOTED, REFUSED, WORSE, GateConfig, Measurement,
                            evaluate_gate, mcnemar_p, promote_if_better)
 from dtkd_ops.registry import CHALLENGER, ModelRegistry
@@ -290,6 +290,15 @@ def test_mismatched_clip_order_and_class_count_are_refused(registry):
     d = _gate(registry)
     assert d.outcome == REFUSED and "predicts 4 classes, the clips have 3" in d.reasons[0]
     assert registry.get_champion("student").version == 1 and cand.version == 2
+
+
+def test_a_candidate_for_other_labels_is_refused(registry):
+    _register(registry, toy_model(1.0), **{TAG_CLASSES: '["brush_hair", "clap", "wave"]'})
+    _gate(registry)
+    _register(registry, toy_model(0.05, seed=3), **{TAG_CLASSES: '["jump", "run", "sit"]'})
+    d = _gate(registry)
+    assert d.outcome == REFUSED and "not the same labels" in d.reasons[0] and "'jump'" in d.reasons[0], d.reasons
+    assert registry.get_champion("student").version == 1
 
 
 def test_latency_budget_is_checked_on_both_models_measured_together(registry):
