@@ -13,7 +13,7 @@ from __future__ import annotations
 from zenml import Model, pipeline
 from zenml.enums import ExecutionMode
 
-from dtkd.config import ConfigError, DTKDConfig, validate_config
+from dtkd.config import TEACHER_ROLES, ConfigError, DTKDConfig, validate_config
 from dtkd_ops.gate import load_gate_config
 from dtkd_ops.home import tracking_uri
 from dtkd_ops.pretrained import pin_registry_refs
@@ -64,6 +64,7 @@ def train_and_register(cfg: DTKDConfig) -> None:
     tested = dict(model=cfg.models.student, evaluation=cfg.evaluation, data=cfg.data, gate=gate)
     test_metrics = evaluate_student(student=student, manifest=clean_manifest, **tested)
     register_student(student=student, test_metrics=test_metrics, manifest=clean_manifest, method=cfg.distill.method,
+                     teachers={role: cfg.teacher_ref(role).name for role in TEACHER_ROLES},
                      registry=cfg.registry, **tested)
 
 

@@ -47,7 +47,8 @@ def pretrain_model(manifest: pd.DataFrame, stage: PretrainStage,
             job.model, registered_name=name, metrics=metrics, alias=pretraining.alias,
             params={"model": stage.model.name, "role": stage.role, "classes": int(manifest["label_idx"].max()) + 1},
             tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, **current_data_tags(stage.data)},
-            dataset_fingerprint=manifest_fingerprint(manifest), input_spec=stage.model.input_spec())
+            dataset_fingerprint=manifest_fingerprint(manifest), input_spec=stage.model.input_spec(),
+            build_options=stage.model.overrides)
         print(f"pretrained {stage.role} ({stage.model.name}): corpus test top-1 {metrics['top1']:.4f}, "
               f"registered {name} v{found.version}")
     else:

@@ -26,6 +26,7 @@ from steps.tracking import TRACKED, numeric_leaves
 def register_student(
     student: nn.Module, test_metrics: dict, manifest: pd.DataFrame, model: ModelRef, method: str,
     evaluation: EvalConfig, data: DataConfig, registry: RegistryConfig, gate: promotion.GateConfig,
+    teachers: dict | None = None,
 ) -> Annotated[dict, "promotion_decision"]:
     name = registry.student_name
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +40,7 @@ def register_student(
             params={"student": model.name, "method": method},
             tags={"dtkd.role": "student", **current_data_tags(data), **gate_tags(manifest, evaluation)},
             dataset_fingerprint=manifest_fingerprint(manifest),
-            input_spec=model.input_spec(),
+            input_spec=model.input_spec(), build_options=model.overrides, teachers=teachers,
             artifacts={str(Path(TEST_MANIFEST_ARTIFACT).parent): test_manifest},
         )
 

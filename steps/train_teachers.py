@@ -34,6 +34,7 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
         tags={"dtkd.role": f"{role}_teacher", **current_data_tags(stage.data)},
         dataset_fingerprint=manifest_fingerprint(manifest),
         input_spec=ref.input_spec(),
+        build_options=ref.overrides,
     )
     # A teacher is a means to an end: the newest trained one becomes the reusable champion.
     mlflow_registry.set_alias(registered_name, "champion", version.version)
