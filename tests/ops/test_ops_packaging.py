@@ -39,7 +39,8 @@ def test_example_clips_say_what_is_missing():
 def test_architecture_is_the_build_call_without_weights_or_data_view():
     options = {"pretrained": "models:/p@x", "sampling_rate": 2, "dropout": 0.3}
     arch = packaging.architecture_of(REF.input_spec(), options, CLASSES)
-    assert arch == {"name": "x3d_tiny", "num_classes": CLASSES, "options": {"frames": 4, "crop_size": 32, "dropout": 0.3}}
+    options = {"frames": 4, "crop_size": 32, "dropout": 0.3}
+    assert arch == {"name": "x3d_tiny", "num_classes": CLASSES, "options": options}
     assert packaging.architecture_of({"frames": 4, "crop_size": 8}, None, CLASSES) is None
 
 
