@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install stack remote check data pretrain run retrain schedule test test-fast bench clean
+.PHONY: setup install stack remote sysdeps check data pretrain run retrain rollback schedule test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -70,11 +70,24 @@ check: install
 retrain: pretrain
 	$(VENV)/bin/zenml pipeline run pipelines.retraining.retraining_pipeline -c $(CONFIG)
 
+# Champion back to the version it replaced (MLflow, the pointer of record), then ZenML's model
+# stages mirrored from the aliases (pipelines.model_stages). MODEL=dtkd-student by default.
+MODEL ?= dtkd-student
+rollback: setup
+	$(PY) -m pipelines.model_stages rollback --model $(MODEL)
+
 # Needs an orchestrator that can schedule (Kubernetes); on the local stack it says why it cannot.
 schedule: setup
 	$(PY) -m pipelines.schedule -c $(CONFIG)
 
-test: setup
+# Debian packages a test needs: chromium (the Data Docs in MLflow are opened in a real headless
+# browser). Installed when missing and we are root (CI, containers); otherwise says what to install.
+sysdeps:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make test needs chromium: sudo apt-get install chromium" >&2; exit 1; fi
+
+test: setup sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

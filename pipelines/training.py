@@ -58,8 +58,10 @@ def train_and_register(cfg: DTKDConfig) -> None:
 
     manifest = ingest_data(data=cfg.data)
     clean_manifest, _ = validate_data(manifest=manifest, data=cfg.data, min_frames=cfg.min_frames())
-    cnn_teacher = train_cnn_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("cnn"), registry=cfg.registry)
-    vit_teacher = train_vit_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("vit"), registry=cfg.registry)
+    cnn_teacher = train_cnn_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("cnn"), registry=cfg.registry,
+                                    gate=gate)
+    vit_teacher = train_vit_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("vit"), registry=cfg.registry,
+                                    gate=gate)
     student, _ = distill_student(manifest=clean_manifest, cnn_teacher=cnn_teacher, vit_teacher=vit_teacher, stage=distill)
     tested = dict(model=cfg.models.student, evaluation=cfg.evaluation, data=cfg.data, gate=gate)
     test_metrics = evaluate_student(student=student, manifest=clean_manifest, **tested)

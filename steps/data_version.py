@@ -30,6 +30,27 @@ def current_data_tags(data: DataConfig) -> dict[str, str]:
     return data_version(data_repo(), paths=data_paths(data)).tags()
 
 
+def code_commit() -> str:
+    """The code's git commit, ``-dirty`` when tracked files differ from it ("none" outside git)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        proc = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    rev = git("rev-parse", "HEAD")
+    if rev is None:
+        return "none"
+    return f"{rev}-dirty" if git("status", "--porcelain", "--untracked-files=no") else rev
+
+
+def lineage_tags(data: DataConfig) -> dict[str, str]:
+    """What a run or model version came from: the data version (DVC) and the code commit, under
+    MLflow's own source tag too, so the UI shows it."""
+    commit = code_commit()
+    return {**current_data_tags(data), "dtkd.code.git_commit": commit, "mlflow.source.git.commit": commit}
+
+
 @step(enable_cache=False)
 def check_data_version(registered_name: str, data: DataConfig, force: bool = False) -> Annotated[dict, "retrain_decision"]:
     """Retrain when the DVC data version differs from the one the current champion was trained

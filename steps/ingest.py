@@ -9,7 +9,7 @@ from zenml import log_metadata, step
 from zenml.config import CachePolicy
 
 from dtkd.data import DataConfig, manifest_fingerprint, prepare_manifest
-from steps.data_version import current_data_tags
+from steps.data_version import lineage_tags
 from steps.materializers import ManifestMaterializer
 
 
@@ -32,7 +32,7 @@ def ingest_data(data: DataConfig) -> Annotated[pd.DataFrame, "manifest"]:
             "per_split": {k: int(v) for k, v in manifest["split"].value_counts().items()},
             "root": str(data.root),
             "fingerprint": manifest_fingerprint(manifest),
-            **current_data_tags(data),
+            **lineage_tags(data),
         }
     )
     return manifest

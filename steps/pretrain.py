@@ -12,7 +12,7 @@ from dtkd.config import PretrainingConfig, PretrainStage
 from dtkd.data import manifest_fingerprint
 from dtkd_ops.home import tracking_uri
 from dtkd_ops.registry import ModelRegistry
-from steps.data_version import current_data_tags
+from steps.data_version import lineage_tags
 from steps.tracking import TRACKED, fit_and_test
 
 TAG_KEY = "dtkd.pretrain.key"
@@ -46,7 +46,7 @@ def pretrain_model(manifest: pd.DataFrame, stage: PretrainStage,
         found = registry.register_candidate(
             job.model, registered_name=name, metrics=metrics, alias=pretraining.alias,
             params={"model": stage.model.name, "role": stage.role, "classes": int(manifest["label_idx"].max()) + 1},
-            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, **current_data_tags(stage.data)},
+            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, **lineage_tags(stage.data)},
             dataset_fingerprint=manifest_fingerprint(manifest), input_spec=stage.model.input_spec(),
             build_options=stage.model.overrides)
         print(f"pretrained {stage.role} ({stage.model.name}): corpus test top-1 {metrics['top1']:.4f}, "

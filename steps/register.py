@@ -10,7 +10,7 @@ from typing import Annotated
 import pandas as pd
 from torch import nn
 from zenml import get_step_context, log_metadata, step
-from zenml.enums import ModelStages
+from zenml.config import CachePolicy
 
 from dtkd.assemble import default_device
 from dtkd.config import EvalConfig, ModelRef, RegistryConfig
@@ -18,11 +18,15 @@ from dtkd.data import DataConfig, manifest_fingerprint
 from dtkd_ops import gate as promotion
 from dtkd_ops import registry as mlflow_registry
 from dtkd_ops.evaluation import TEST_MANIFEST_ARTIFACT, TestSplitEvaluator, gate_tags
-from steps.data_version import current_data_tags
+from steps.data_version import lineage_tags
+from steps.ingest import fresh_key
 from steps.tracking import TRACKED, numeric_leaves
 
 
-@step(**TRACKED)
+# Never served from cache: it writes to the registry (a new version, the gate's decision, maybe the
+# champion), so a cached run would report a registration that did not happen in it. A run config's
+# `enable_cache: true` overrides `enable_cache=False`, hence the fresh cache key as in ingest_data.
+@step(**TRACKED, enable_cache=False, cache_policy=CachePolicy(cache_func=fresh_key))
 def register_student(
     student: nn.Module, test_metrics: dict, manifest: pd.DataFrame, model: ModelRef, method: str,
     evaluation: EvalConfig, data: DataConfig, registry: RegistryConfig, gate: promotion.GateConfig,
@@ -38,7 +42,7 @@ def register_student(
             registered_name=name,
             metrics=test_metrics,
             params={"student": model.name, "method": method},
-            tags={"dtkd.role": "student", **current_data_tags(data), **gate_tags(manifest, evaluation)},
+            tags={"dtkd.role": "student", **lineage_tags(data), **gate_tags(manifest, evaluation)},
             dataset_fingerprint=manifest_fingerprint(manifest),
             input_spec=model.input_spec(), build_options=model.overrides, teachers=teachers,
             artifacts={str(Path(TEST_MANIFEST_ARTIFACT).parent): test_manifest},
@@ -63,9 +67,14 @@ def register_student(
 
 
 def _mirror_in_model_control_plane(candidate, promoted: bool, test_metrics: dict, decision) -> None:
-    """The run's ZenML Model version (which already links this run's artifacts) records the MLflow
-    version it became, and its stage mirrors the MLflow aliases: champion -> production,
-    challenger -> staging (one version per stage; `force` archives the one it replaces)."""
+    """The run's ZenML Model version (which already links this run's artifacts) becomes the twin of
+    the MLflow version it registered: named ``v<N>`` after it, with the link in its metadata, and
+    every linked version's stage set from the MLflow aliases (pipelines.model_stages: champion ->
+    production, challenger -> staging), the same function a rollback runs."""
+    from zenml.client import Client
+
+    from pipelines.model_stages import sync_stages
+
     model = get_step_context().model
     if model is None:  # the pipeline was configured without a ZenML Model
         return
@@ -76,4 +85,9 @@ def _mirror_in_model_control_plane(candidate, promoted: bool, test_metrics: dict
             "gate": {"decision": decision.tag, "reasons": list(decision.reasons)},
         }
     )
-    model.set_stage(ModelStages.PRODUCTION if promoted else ModelStages.STAGING, force=True)
+    try:
+        Client().update_model_version(model.name, model.id, name=f"v{candidate.version}")
+    except Exception as err:  # a name left by an older registry (a reset MLflow store): keep the number
+        print(f"ZenML model version {model.version} keeps its name ({err})")
+    changed = sync_stages(candidate.name, model.name)
+    print(f"ZenML model {model.name}: {changed or 'stages unchanged'} (promoted: {promoted})")

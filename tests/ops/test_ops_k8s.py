@@ -17,7 +17,7 @@ from ops_helpers import REPO_ROOT
 from dtkd_ops.runconfig import deep_merge, main as runconfig_main, merge_files
 
 K8S = REPO_ROOT / "k8s"
-CORE_MANIFESTS = ["namespace.yaml", "pvc-data.yaml", "cronjob-retrain.yaml", "rbac.yaml"]
+CORE_MANIFESTS = ["namespace.yaml", "pvc-data.yaml", "rbac.yaml"]
 GPU = "nvidia.com/gpu"
 
 
@@ -88,17 +88,15 @@ def test_pytorchjob_structure_and_pod_templates():
     assert len(outs) == 1, "all replicas must write/resume the same run directory"
 
 
-def test_cronjob_submits_the_pipeline_with_the_k8s_overlay():
-    (cron,) = _docs("cronjob-retrain.yaml")
-    assert len(cron["spec"]["schedule"].split()) == 5 and cron["spec"]["concurrencyPolicy"] == "Forbid"
-    script = " ".join(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
-    source = re.search(r"zenml pipeline run (\S+)", script).group(1)
-    module, _, attr = source.rpartition(".")
-    assert (REPO_ROOT / Path(*module.split("."))).with_suffix(".py").is_file()
-    assert f"def {attr}(" in (REPO_ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
-    assert "k8s/zenml-run-k8s.yaml" in script and "-s dtkd_k8s" in script
-    sa = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
-    assert sa in {d["metadata"]["name"] for d in _docs("rbac.yaml") if d["kind"] == "ServiceAccount"}
+def test_one_way_to_schedule_the_retraining_pipeline():
+    """ZenML's `schedule:` (the Kubernetes orchestrator makes the CronJob) is the only schedule:
+    no hand-written CronJob beside it, and what it schedules is the retraining pipeline."""
+    assert not list(K8S.glob("cronjob*.yaml"))
+    overlay = merge_files([REPO_ROOT / "configs" / "retrain-schedule.yaml"])
+    assert len(overlay["schedule"]["cron_expression"].split()) == 5
+    source = (REPO_ROOT / "pipelines" / "schedule.py").read_text()
+    assert "from pipelines.retraining import retraining_pipeline" in source
+    assert re.search(r"\btraining_pipeline\b", source) is None  # never the training pipeline itself
 
 
 def test_zenml_overlay_validates_against_zenml_settings():
