@@ -218,7 +218,7 @@ def model_card(*, registered_name: str, role: Optional[str], metrics: Mapping[st
     model_name = (input_spec or {}).get("model_name") or params.get("model") or params.get("student")
     method = params.get("method")
     lines += [f"- **Model**: {model_name or 'not recorded'}" + (f", {package.num_classes} classes" if package else ""),
-              f"- **Method**: {method or 'not recorded'}",
+              f"- **Method**: {method or _method_of_role(role)}",
               f"- **Teachers**: {_teachers(teachers)}",
               f"- **Data version**: DVC `{tags.get('dtkd.data.dvc_hash') or 'not tracked'}`, git "
               f"`{tags.get('dtkd.data.git_rev') or 'unknown'}`, dataset fingerprint `{dataset_fingerprint}`",
@@ -237,6 +237,13 @@ def model_card(*, registered_name: str, role: Optional[str], metrics: Mapping[st
     else:
         lines.append("- **Format**: pickle (no input example was given): loading needs dtkd's code")
     return "\n".join(lines) + "\n"
+
+
+def _method_of_role(role: Optional[str]) -> str:
+    """Teachers and pretrained backbones are one-model stages (``steps.tracking.fit_and_test``)."""
+    if role and (role.endswith("_teacher") or role.startswith("pretrained")):
+        return "one-model training on labels (no distillation)"
+    return "not recorded"
 
 
 def _teachers(teachers: Optional[Mapping[str, str]]) -> str:

@@ -110,6 +110,10 @@ def test_model_card_states_data_teachers_method_and_metrics():
                                 dataset_fingerprint="d", teachers=None, input_spec=None, package=None,
                                 requirements=[])
     assert "**Teachers**: none" in bare and "not tracked" in bare and "(none logged)" in bare
+    teacher = packaging.model_card(registered_name="t", role="cnn_teacher", metrics={}, params={}, tags={},
+                                   dataset_fingerprint="d", teachers=None, input_spec=None, package=None,
+                                   requirements=[])
+    assert "**Method**: one-model training on labels (no distillation)" in teacher
 
 
 # ----------------------------------------------------------------------------- one real registration
