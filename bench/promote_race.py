@@ -4,10 +4,12 @@ candidate that beats the champion. Counts the winners per round; the champion lo
 
     python bench/promote_race.py --rounds 20 --processes 3       # ~10 s per round on 2 cores
 
-Each round registers a champion (top-1 0.5) and K identical candidates (top-1 0.9) in a fresh
-sqlite MLflow registry under a temp dir, then runs `python -m dtkd_ops.cli promote` for each at
-once. The LAST line is one JSON object: {"rounds", "processes", "winners_per_round",
-"exactly_one_every_round", "seconds"}.
+Each round registers a champion (a linear model with the wrong weights) and K identical
+candidates (the true weights) in a fresh sqlite MLflow registry under a temp dir, then runs
+`python -m dtkd_ops.cli promote --evaluator promote_race:evaluator_factory` for each at once: the
+gate measures both models on 256 fixed points (per-point correctness, as it does clips), so every
+candidate is significantly better. The LAST line is one JSON object: {"rounds", "processes",
+"winners_per_round", "exactly_one_every_round", "seconds"}.
 """
 from __future__ import annotations
 
@@ -30,12 +32,39 @@ from dtkd_ops.registry import ModelRegistry  # noqa: E402
 GATE = REPO / "configs" / "gate.yaml"
 
 
-def _register(reg: ModelRegistry, top1: float) -> int:
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
-    metrics = {"top1": top1, "params": 10, "latency_ms": 1.0}
-    return reg.register_candidate(model, registered_name="student", metrics=metrics, dataset_fingerprint="bench",
+def _data():
+    g = torch.Generator().manual_seed(0)
+    w_true = torch.randn(4, 2, generator=g)
+    x = torch.randn(256, 4, generator=g)
+    return x, (x @ w_true).argmax(dim=1), w_true
+
+
+def _register(reg: ModelRegistry, right: bool) -> int:
+    """The true weights (``right``) or their negation: all points right, or nearly none."""
+    model = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(_data()[2].T * (1 if right else -1))
+    return reg.register_candidate(model, registered_name="student", metrics={}, dataset_fingerprint="bench",
                                   pip_requirements=["torch"]).version
+
+
+class _Points:
+    """The gate's evaluator over the 256 points: ``scores`` per point keyed by id, one latency input."""
+
+    def scores(self, model, ref):
+        from dtkd_ops.evaluation import ClipScores
+
+        x, y, _ = _data()
+        with torch.no_grad():
+            correct = (model(x).argmax(dim=1) == y).tolist()
+        return ClipScores(tuple(f"p{i:03d}" for i in range(len(y))), tuple(correct), "bench:points")
+
+    def latency_input(self, ref):
+        return (1, 4)
+
+
+def evaluator_factory(manifest, gate_cfg, registry):
+    return _Points()
 
 
 def main(argv=None) -> int:
@@ -43,15 +72,17 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--processes", type=int, default=3)
     args = p.parse_args(argv)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench")]),
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
     winners, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         reg = ModelRegistry(f"sqlite:///{tmp}/mlflow.db")
         for r in range(args.rounds):
-            reg.set_champion("student", _register(reg, 0.5))
-            candidates = [_register(reg, 0.9) for _ in range(args.processes)]
+            reg.set_champion("student", _register(reg, right=False))
+            candidates = [_register(reg, right=True) for _ in range(args.processes)]
             procs = [subprocess.Popen([sys.executable, "-m", "dtkd_ops.cli", "promote", "--tracking-uri", reg.tracking_uri,
-                                       "--model", "student", "--candidate", str(v), "--gate-config", str(GATE)],
+                                       "--model", "student", "--candidate", str(v), "--gate-config", str(GATE),
+                                       "--evaluator", "promote_race:evaluator_factory"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for v in candidates]
             codes = [proc.wait(timeout=600) for proc in procs]
             won = [v for v, c in zip(candidates, codes) if c == 0]
