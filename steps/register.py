@@ -73,7 +73,7 @@ def _mirror_in_model_control_plane(candidate, promoted: bool, test_metrics: dict
     production, challenger -> staging), the same function a rollback runs."""
     from zenml.client import Client
 
-    from pipelines.model_stages import sync_stages
+    from steps.model_stages import sync_stages
 
     model = get_step_context().model
     if model is None:  # the pipeline was configured without a ZenML Model
