@@ -166,7 +166,8 @@ def evaluate_gate(candidate: Measurement, champion: Optional[Measurement], cfg: 
     if refusals:
         return decision
     if champion is None:
-        decision.outcome, decision.reasons = PROMOTED, ["no champion yet: the first candidate within budget is promoted"]
+        decision.outcome = PROMOTED
+        decision.reasons = ["no champion yet: the first candidate within budget is promoted"]
         return decision
     test = paired_test(candidate.scores, champion.scores)
     decision.test = {**asdict(test), "delta": test.delta, "confidence": cfg.confidence}

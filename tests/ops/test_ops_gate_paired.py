@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from ops_helpers import N_FEATURES, toy_data, toy_model
+from ops_helpers import N_FEATURES, REPO_ROOT, toy_data, toy_model
 from dtkd_ops.evaluation import TAG_CLASSES, TAG_TEST_FINGERPRINT, ClipScores, DataMismatch, latency_ms
 from dtkd_ops.gate import (EXIT_CODES, LOST_RACE, NO_CHANGE, PROMOTED, REFUSED, WORSE, GateConfig, Measurement,
                            evaluate_gate, mcnemar_p, promote_if_better)
@@ -345,3 +345,19 @@ def test_an_error_midway_never_moves_champion_and_is_tagged(registry):
         _gate(registry, evaluator=Dying())
     assert registry.get_champion("student").version == 1
     assert _decision_tag(registry, cand.version) == "error"
+
+
+def test_one_code_path_moves_champion():
+    """The pipeline step and the CLI both decide through promote_if_better; nothing else in the
+    MLOps code moves champion (registry.set_alias, the by-hand route, delegates to set_champion)."""
+    import ast
+
+    callers = {}
+    for folder in ("dtkd_ops", "steps", "pipelines"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
+                    name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+                    callers.setdefault(name, set()).add(str(path.relative_to(REPO_ROOT)))
+    assert {"steps/register.py", "dtkd_ops/cli.py"} <= callers["promote_if_better"]
+    assert callers["set_champion"] <= {"dtkd_ops/gate.py", "dtkd_ops/registry.py"}, callers["set_champion"]
