@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# Register dtkd's Kubernetes stack on a deployed ZenML server (run once per server).
+# Register dtkd's Kubernetes stack on a deployed ZenML server (run once per server; idempotent).
 #
-# A remote orchestrator needs, besides the cluster: a deployed ZenML server (`zenml login <url>`),
-# a remote artifact store, a container registry the cluster can pull from, and an image builder.
-# The MLflow tracking server must be reachable from the pods (an http(s) URI backed by a database,
-# not the local sqlite file). GPU limits are not stack settings: they are pod settings in
-# k8s/zenml-run-k8s.yaml (pod_settings.resources.limits["nvidia.com/gpu"]).
+# A remote orchestrator needs, besides the cluster: a deployed ZenML server (`zenml login <url>`;
+# k8s/base runs one), a remote artifact store, a container registry the cluster can pull from, and
+# an image builder. The MLflow tracking server must be reachable from the pods: by default the one
+# k8s/base runs, http://mlflow.dtkd.svc:5000 (PostgreSQL backend, proxied artifacts). GPU limits
+# are not stack settings: they are pod settings in k8s/zenml-run-k8s.yaml.
+#
+# The steps take the experiment tracker of the active stack (steps/tracking.py: TRACKED), so the
+# tracker's name here is free; tests/ops/test_ops_k8s_zenml.py replays this script's
+# registrations and compiles both pipelines on the result, so the two cannot drift.
 #
 #   export DTKD_K8S_CONTEXT=my-cluster DTKD_ARTIFACT_URI=s3://my-bucket/zenml \
-#          DTKD_REGISTRY_URI=ghcr.io/my-org MLFLOW_URI=https://mlflow.example.com
-#   zenml secret create mlflow_auth --username=... --password=...
+#          DTKD_REGISTRY_URI=ghcr.io/my-org
+#   # optional: MLFLOW_URI (default http://mlflow.dtkd.svc:5000); with an authenticating proxy in
+#   # front of MLflow: zenml secret create mlflow_auth --username=... --password=... and DTKD_MLFLOW_AUTH=1
 #   bash k8s/zenml-stack.sh
-#   kubectl apply -f k8s/namespace.yaml -f k8s/pvc-data.yaml
 set -euo pipefail
 
 : "${DTKD_K8S_CONTEXT:?set DTKD_K8S_CONTEXT to the kubectl context of the cluster}"
 : "${DTKD_ARTIFACT_URI:?set DTKD_ARTIFACT_URI (s3://..., gs://... or az://...)}"
 : "${DTKD_REGISTRY_URI:?set DTKD_REGISTRY_URI (the container registry the cluster pulls from)}"
-: "${MLFLOW_URI:?set MLFLOW_URI (the MLflow tracking server, http(s)://...)}"
+: "${MLFLOW_URI:=http://mlflow.dtkd.svc:5000}"   # as the pods reach it (k8s/base/mlflow.yaml)
 NAMESPACE="${DTKD_K8S_NAMESPACE:-dtkd}"
 STACK="${DTKD_STACK:-dtkd_k8s}"
 export ZENML_ANALYTICS_OPT_IN=false
@@ -32,7 +36,10 @@ esac
 # Integration requirements (the flavors' own clients). Do NOT `zenml integration install kubernetes`
 # or `great_expectations` into the project venv: their pins (kubernetes<26, great-expectations<1)
 # conflict with constraints.txt, and both flavors register without them.
-zenml integration install "$STORE_FLAVOR" mlflow -y
+# DTKD_INSTALL_INTEGRATIONS=0 skips it (the offline test that replays this script).
+if [ "${DTKD_INSTALL_INTEGRATIONS:-1}" != 0 ]; then
+  zenml integration install "$STORE_FLAVOR" mlflow -y
+fi
 
 exists() { zenml "$1" describe "$2" >/dev/null 2>&1; }
 
@@ -43,9 +50,12 @@ exists artifact-store dtkd_artifacts || zenml artifact-store register dtkd_artif
 exists container-registry dtkd_registry || zenml container-registry register dtkd_registry \
   --flavor=default --uri="$DTKD_REGISTRY_URI"
 exists image-builder dtkd_image_builder || zenml image-builder register dtkd_image_builder --flavor=local
+auth=()
+if [ "${DTKD_MLFLOW_AUTH:-0}" = 1 ]; then
+  auth=(--tracking_username='{{mlflow_auth.username}}' --tracking_password='{{mlflow_auth.password}}')
+fi
 exists experiment-tracker dtkd_mlflow_remote || zenml experiment-tracker register dtkd_mlflow_remote \
-  --flavor=mlflow --tracking_uri="$MLFLOW_URI" \
-  --tracking_username='{{mlflow_auth.username}}' --tracking_password='{{mlflow_auth.password}}'
+  --flavor=mlflow --tracking_uri="$MLFLOW_URI" "${auth[@]}"
 exists model-registry dtkd_mlflow_registry_remote || zenml model-registry register dtkd_mlflow_registry_remote \
   --flavor=mlflow
 
@@ -54,5 +64,6 @@ exists stack "$STACK" || zenml stack register "$STACK" \
   -e dtkd_mlflow_remote -r dtkd_mlflow_registry_remote
 
 echo "stack $STACK registered; run with:"
-echo "  python -m dtkd_ops.runconfig configs/default.yaml k8s/zenml-run-k8s.yaml -o /tmp/run-k8s.yaml"
+echo "  python -m dtkd_ops.runconfig configs/paper_hmdb51.yaml k8s/zenml-run-k8s.yaml -o /tmp/run-k8s.yaml"
 echo "  zenml pipeline run pipelines.training.training_pipeline -c /tmp/run-k8s.yaml -s $STACK"
+echo "  python -m pipelines.schedule -c /tmp/run-k8s.yaml -s $STACK    # the weekly retraining CronJob"
