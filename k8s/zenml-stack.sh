@@ -13,8 +13,8 @@
 #
 #   export DTKD_K8S_CONTEXT=my-cluster DTKD_ARTIFACT_URI=s3://my-bucket/zenml \
 #          DTKD_REGISTRY_URI=ghcr.io/my-org
-#   # optional: MLFLOW_URI (default http://mlflow.dtkd.svc:5000); with an authenticating proxy in
-#   # front of MLflow: zenml secret create mlflow_auth --username=... --password=... and DTKD_MLFLOW_AUTH=1
+#   zenml secret create mlflow_auth --username=... --password=...
+#   # optional: MLFLOW_URI (default http://mlflow.dtkd.svc:5000)
 #   bash k8s/zenml-stack.sh
 set -euo pipefail
 
@@ -50,12 +50,14 @@ exists artifact-store dtkd_artifacts || zenml artifact-store register dtkd_artif
 exists container-registry dtkd_registry || zenml container-registry register dtkd_registry \
   --flavor=default --uri="$DTKD_REGISTRY_URI"
 exists image-builder dtkd_image_builder || zenml image-builder register dtkd_image_builder --flavor=local
-auth=()
-if [ "${DTKD_MLFLOW_AUTH:-0}" = 1 ]; then
-  auth=(--tracking_username='{{mlflow_auth.username}}' --tracking_password='{{mlflow_auth.password}}')
-fi
+# ZenML's MLflow tracker refuses a remote tracking URI without credentials: they come from the ZenML
+# secret `mlflow_auth` (k8s/base's MLflow runs without auth inside the cluster and ignores them;
+# behind an authenticating ingress they are the ingress's).
+zenml secret get mlflow_auth >/dev/null 2>&1 || {
+  echo "create the ZenML secret first: zenml secret create mlflow_auth --username=... --password=..." >&2; exit 2; }
 exists experiment-tracker dtkd_mlflow_remote || zenml experiment-tracker register dtkd_mlflow_remote \
-  --flavor=mlflow --tracking_uri="$MLFLOW_URI" "${auth[@]}"
+  --flavor=mlflow --tracking_uri="$MLFLOW_URI" \
+  --tracking_username='{{mlflow_auth.username}}' --tracking_password='{{mlflow_auth.password}}'
 exists model-registry dtkd_mlflow_registry_remote || zenml model-registry register dtkd_mlflow_registry_remote \
   --flavor=mlflow
 

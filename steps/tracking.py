@@ -9,15 +9,19 @@ from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import M
 
 from dtkd.assemble import build_job
 from dtkd.data import manifest_fingerprint
-from dtkd_ops.home import EXPERIMENT_NAME, TRACKER_NAME
+from dtkd_ops.home import EXPERIMENT_NAME
 from steps.checkpoints import step_checkpoints
 
 __all__ = ["TRACKED", "MlflowEpochLogger", "fit_and_test", "log_params_flat", "log_confusion_matrix", "flatten", "numeric_leaves"]
 
-# Step options for every step that logs to MLflow: the stack's tracker, and the experiment that
-# `pipelines.stack` created (dtkd_ops.home.ensure_mlflow_experiment) with an absolute artifact location.
+# Step options for every step that logs to MLflow: the experiment tracker of whatever stack is
+# active (`True`: ZenML's compiler requires the stack to have one and the step launcher starts that
+# one's run), not a component name. A name here had to match every stack's tracker: the local
+# stack's `dtkd_mlflow_tracker`, the team and Kubernetes stacks' remote trackers; with one it did
+# not, ZenML refused to compile. The experiment is the one `pipelines.stack` created
+# (dtkd_ops.home.ensure_mlflow_experiment) with an absolute artifact location.
 TRACKED = dict(
-    experiment_tracker=TRACKER_NAME,
+    experiment_tracker=True,
     settings={"experiment_tracker": MLFlowExperimentTrackerSettings(experiment_name=EXPERIMENT_NAME)},
 )
 
