@@ -88,10 +88,11 @@ def prepare(args: argparse.Namespace) -> list[str]:
     """Write the run directory; return the command to exec."""
     write_run_config(args.run_dir, args.config, args.overlay)
     teachers = [item.partition("=")[::2] for item in args.teacher]
-    if teachers and not os.environ.get("MLFLOW_TRACKING_URI"):
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")   # read once: MLflow's client may rewrite it
+    if teachers and not tracking_uri:
         raise SystemExit("prepare_run.py: MLFLOW_TRACKING_URI is not set; the teachers come from the MLflow registry")
     for role, uri in teachers:
-        path = fetch_teacher(args.run_dir, role, uri, os.environ.get("MLFLOW_TRACKING_URI"))
+        path = fetch_teacher(args.run_dir, role, uri, tracking_uri)
         print(f"teacher {role}: {path} ({uri})", flush=True)
     return args.command
 
