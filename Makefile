@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup install stack remote sysdeps check data pretrain run retrain rollback schedule test test-fast bench clean
+.PHONY: setup install stack remote sysdeps check data pretrain run retrain rollback team-up team-down schedule test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -80,18 +80,35 @@ rollback: setup
 schedule: setup
 	$(PY) -m pipelines.schedule -c $(CONFIG)
 
-# Debian packages a test needs: chromium (the Data Docs in MLflow are opened in a real headless
-# browser). Installed when missing and we are root (CI, containers); otherwise says what to install.
+# Debian packages the tests need: chromium (the Data Docs in MLflow are opened in a real headless
+# browser) and postgresql (the team stack). Installed when missing and we are root (CI,
+# containers); otherwise says what to install.
+SYSDEPS_MISSING = $(shell command -v chromium >/dev/null || command -v chromium-browser >/dev/null || echo chromium) \
+                  $(shell ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || echo postgresql)
 sysdeps:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else echo "make test needs chromium: sudo apt-get install chromium" >&2; exit 1; fi
+	@missing="$(strip $(SYSDEPS_MISSING))"; [ -z "$$missing" ] || \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "needs Debian packages: sudo apt-get install $$missing" >&2; exit 1; fi
 
+# The team stack on this machine: PostgreSQL, an MLflow tracking server on it (basic auth, proxied
+# artifacts), a ZenML server, and the ZenML stack `dtkd_team` using them (pipelines/team_stack.py).
+# Pipelines then run against the servers; `eval "$$(.venv/bin/python -m dtkd_ops.services env)"`
+# gives the CLI (dtkd gate/promote) the same registry. team-down stops all and the client returns
+# to its local store. docker-compose.team.yaml: the same services as containers, for a laptop.
+team-up: install sysdeps
+	$(PY) -m pipelines.team_stack up
+
+team-down: install
+	$(PY) -m pipelines.team_stack down
+
+# Two pytest workers (the machine's two cores), each test file kept in one worker (its module
+# fixtures: a pipeline home, the team stack) and one torch thread per worker (no oversubscription).
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: setup sysdeps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/throughput.py --quick

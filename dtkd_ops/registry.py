@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -273,8 +274,9 @@ class ModelRegistry:
             params=params or {}, tags=version_tags, dataset_fingerprint=dataset_fingerprint, teachers=teachers,
             input_spec=input_spec, package=package, requirements=requirements)
         with self._using_store():  # the registry resolves models:/m-... through the global tracking URI
+            # model_id: a tracking *server* checks that a models:/m-... source names that logged model
             mv = self.client.create_model_version(registered_name, source=info.model_uri, run_id=run_id,
-                                                  tags=version_tags, description=card)
+                                                  tags=version_tags, description=card, model_id=info.model_id)
         self.client.set_registered_model_alias(registered_name, alias, mv.version)
         log.info("registered %s v%s (%s) as %s", registered_name, mv.version, info.model_uri, alias)
         return self.get_version(registered_name, mv.version)
@@ -303,12 +305,22 @@ class ModelRegistry:
     def champion_lock(self, registered_name: str) -> Iterator[None]:
         """One champion move at a time: the gate reads the champion, checks it is still the one
         it compared against, and moves the alias inside this block, so two concurrent promotes
-        cannot both win (MLflow has no compare-and-set for aliases). A local sqlite store locks a
-        file beside its database (every process on the machine); a store reached over HTTP
-        cannot be locked from here and is not (a team server needs its own: docs/mlops.md)."""
-        if not self.tracking_uri.startswith("sqlite:///"):
-            yield
+        cannot both win (MLflow has no compare-and-set for aliases).
+
+        * ``DTKD_LOCK_URL=postgresql://...`` (the team stack sets it: dtkd_ops.services): a
+          PostgreSQL advisory lock, held by the database for every process on every machine that
+          promotes into the shared registry.
+        * A local sqlite store: a file lock beside its database (every process on the machine).
+        * Any other store without ``DTKD_LOCK_URL``: refused, rather than promoting unlocked."""
+        lock_url = os.environ.get("DTKD_LOCK_URL")
+        if lock_url:
+            with _advisory_lock(lock_url, f"dtkd.champion:{registered_name}"):
+                yield
             return
+        if not self.tracking_uri.startswith("sqlite:///"):
+            raise RegistryError(f"cannot lock the champion of {registered_name} on {self.tracking_uri}: set "
+                                "DTKD_LOCK_URL to a PostgreSQL URL every promoter shares (the team stack's "
+                                "`python -m dtkd_ops.services env` prints it)")
         import fcntl
 
         db = Path(self.tracking_uri[len("sqlite:///"):])
@@ -389,6 +401,26 @@ def _as_dtkd_module(ref: ModelVersionRef, model):
     if architecture:
         return packaging.rebuild(json.loads(architecture), model.state_dict())
     return packaging.inference_only(model)
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, key: str) -> Iterator[None]:
+    """A session-level PostgreSQL advisory lock on ``key`` (hashed to a bigint by the server);
+    released on exit, or by the server when this process dies with it held."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        try:
+            yield
+        finally:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------------- function API

@@ -20,7 +20,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--zenml-model", default=None, help="ZenML model (default: the same name)")
     parser.add_argument("--tracking-uri", default=None)
     args = parser.parse_args(argv)
-    from dtkd_ops.home import tracking_uri
+    from steps.stack import tracking_uri
 
     uri = args.tracking_uri or tracking_uri()
     if args.command == "rollback":

@@ -15,7 +15,7 @@ from zenml.enums import ExecutionMode
 
 from dtkd.config import TEACHER_ROLES, ConfigError, DTKDConfig, validate_config
 from dtkd_ops.gate import load_gate_config
-from dtkd_ops.home import tracking_uri
+from steps.stack import tracking_uri
 from dtkd_ops.pretrained import pin_registry_refs
 from steps.distill import distill_student
 from steps.evaluate import evaluate_student

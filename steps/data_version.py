@@ -10,7 +10,8 @@ from zenml import log_metadata, step
 from dtkd.data import DataConfig
 from dtkd_ops.data_version import data_version
 from dtkd_ops.registry import ModelRegistry
-from dtkd_ops.home import REPO_ROOT, tracking_uri
+from dtkd_ops.home import REPO_ROOT
+from steps.stack import tracking_uri
 
 
 def data_repo() -> Path:

@@ -10,7 +10,7 @@ from zenml import log_metadata, step
 
 from dtkd.config import PretrainingConfig, PretrainStage
 from dtkd.data import manifest_fingerprint
-from dtkd_ops.home import tracking_uri
+from steps.stack import tracking_uri
 from dtkd_ops.registry import ModelRegistry
 from steps.data_version import lineage_tags
 from steps.tracking import TRACKED, fit_and_test

@@ -20,6 +20,7 @@ from dtkd_ops import registry as mlflow_registry
 from dtkd_ops.evaluation import TEST_MANIFEST_ARTIFACT, TestSplitEvaluator, gate_tags
 from steps.data_version import lineage_tags
 from steps.ingest import fresh_key
+from steps.stack import tracking_uri
 from steps.tracking import TRACKED, numeric_leaves
 
 
@@ -33,6 +34,7 @@ def register_student(
     teachers: dict | None = None,
 ) -> Annotated[dict, "promotion_decision"]:
     name = registry.student_name
+    tracking_uri()  # the stack's registry, credentials and champion lock (steps/stack.py)
     with tempfile.TemporaryDirectory() as tmp:
         # The test clips go with the candidate, so `dtkd gate` judges it on exactly these.
         test_manifest = Path(tmp) / Path(TEST_MANIFEST_ARTIFACT).name

@@ -13,7 +13,7 @@ from dtkd.data import manifest_fingerprint
 from dtkd_ops import gate as promotion
 from dtkd_ops import registry as mlflow_registry
 from dtkd_ops.evaluation import TestSplitEvaluator, gate_tags
-from dtkd_ops.home import tracking_uri
+from steps.stack import tracking_uri
 from dtkd_ops.pretrained import resolve_ref
 from steps.data_version import lineage_tags
 from steps.tracking import TRACKED, fit_and_test
