@@ -13,7 +13,8 @@
 #
 #   export DTKD_K8S_CONTEXT=my-cluster DTKD_ARTIFACT_URI=s3://my-bucket/zenml \
 #          DTKD_REGISTRY_URI=ghcr.io/my-org
-#   zenml secret create mlflow_auth --username=... --password=...
+#   zenml secret create dtkd_mlflow --username=... --password=... \
+#     --lock_url=postgresql://mlflow:<password>@postgres-0.postgres.dtkd.svc:5432/mlflow
 #   # optional: MLFLOW_URI (default http://mlflow.dtkd.svc:5000)
 #   bash k8s/zenml-stack.sh
 set -euo pipefail
@@ -51,13 +52,16 @@ exists container-registry dtkd_registry || zenml container-registry register dtk
   --flavor=default --uri="$DTKD_REGISTRY_URI"
 exists image-builder dtkd_image_builder || zenml image-builder register dtkd_image_builder --flavor=local
 # ZenML's MLflow tracker refuses a remote tracking URI without credentials: they come from the ZenML
-# secret `mlflow_auth` (k8s/base's MLflow runs without auth inside the cluster and ignores them;
-# behind an authenticating ingress they are the ingress's).
-zenml secret get mlflow_auth >/dev/null 2>&1 || {
-  echo "create the ZenML secret first: zenml secret create mlflow_auth --username=... --password=..." >&2; exit 2; }
+# secret `dtkd_mlflow`, the same secret the team stack uses (pipelines/team_stack.py, steps/stack.py):
+# username/password for MLflow (k8s/base's MLflow runs without auth inside the cluster and ignores
+# them; behind an authenticating ingress they are the ingress's) and lock_url, the PostgreSQL URL of
+# the shared champion lock (DTKD_LOCK_URL: a promotion into a shared registry refuses without one).
+zenml secret get dtkd_mlflow >/dev/null 2>&1 || {
+  echo "create the ZenML secret first: zenml secret create dtkd_mlflow --username=... --password=... --lock_url=postgresql://..." >&2
+  exit 2; }
 exists experiment-tracker dtkd_mlflow_remote || zenml experiment-tracker register dtkd_mlflow_remote \
   --flavor=mlflow --tracking_uri="$MLFLOW_URI" \
-  --tracking_username='{{mlflow_auth.username}}' --tracking_password='{{mlflow_auth.password}}'
+  --tracking_username='{{dtkd_mlflow.username}}' --tracking_password='{{dtkd_mlflow.password}}'
 exists model-registry dtkd_mlflow_registry_remote || zenml model-registry register dtkd_mlflow_registry_remote \
   --flavor=mlflow
 

@@ -28,7 +28,8 @@ def register(calls):
     from zenml.enums import StackComponentType
 
     client = Client()
-    client.create_secret("mlflow_auth", values={"username": "dtkd", "password": "not-a-password"})
+    client.create_secret("dtkd_mlflow", values={"username": "dtkd", "password": "not-a-password",
+                                               "lock_url": "postgresql://mlflow:x@postgres-0.postgres:5432/mlflow"})
     stack = None
     for call in calls:
         if call[1:2] != ["register"]:

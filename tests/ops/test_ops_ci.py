@@ -40,6 +40,6 @@ def test_commands_exist():
     for cmd in set(re.findall(r"dtkd_ops\.cli (\w[\w-]*)", text)):
         parser.parse_args([cmd, "--model", "m"] if cmd in {"gate", "promote", "rollback"} else [cmd])
     steps = [s.get("run", "") for s in _workflow()["jobs"]["train-and-gate"]["steps"]]
-    order = [next(i for i, s in enumerate(steps) if key in s) for key in ("make test", "make run", "cli gate")]
+    order = [next(i for i, s in enumerate(steps) if key in s) for key in ("make test", "pipeline run pipelines.training", "cli gate")]
     assert order == sorted(order), "tests, then the pipeline, then the gate"
     assert (REPO_ROOT / "configs" / "gate.yaml").is_file()

@@ -36,7 +36,7 @@ current-context: nowhere
 FAKE_ZENML = """#!/usr/bin/env bash
 printf '%s\\n' "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$ZENML_CALLS"
 [ "$2" = describe ] && exit 1   # nothing registered yet: the script registers everything
-[ "$1 $2" = "secret get" ] && exit 0   # the mlflow_auth secret exists (the subprocess creates it)
+[ "$1 $2" = "secret get" ] && exit 0   # the dtkd_mlflow secret exists (the subprocess creates it)
 exit 0
 """
 
@@ -118,6 +118,10 @@ def test_the_script_registers_a_kubernetes_stack_with_a_remote_tracker(compiled)
     assert stack["orchestrator"] == "kubernetes" and stack["namespace"] == "dtkd"
     assert stack["tracker"] == registered["experiment-tracker"]
     assert stack["tracking_uri"] == "http://mlflow.dtkd.svc:5000"
+    from steps.stack import LOCK_SECRET
+    tracker_call = next(c for c in compiled["calls"] if c[:2] == ["experiment-tracker", "register"])
+    assert f"--tracking_username={{{{{LOCK_SECRET}.username}}}}" in tracker_call, \
+        "the tracker's credentials come from the secret that also carries the shared lock's URL"
 
 
 def test_training_pipeline_compiles_with_the_stack_tracker(compiled):
