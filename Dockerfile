@@ -4,8 +4,8 @@
 #          torch==2.14.0 / torchvision==0.29.2 pair; the GPU driver comes from the node through the
 #          NVIDIA container toolkit, so no CUDA base image is needed), the project with its `mlops`
 #          extra, configs/ and the Kubernetes entry point k8s/prepare_run.py under /opt/dtkd.
-#          ZenML's image builder uses it as parent_image (k8s/zenml-run-k8s.yaml) and adds the code;
-#          the TrainJob/PyTorchJob run it as is.
+#          The ZenML step pods (parent_image with skip_build: k8s/zenml-run-k8s.yaml) and the
+#          TrainJob/PyTorchJob all run it as is: the steps import the installed project.
 #   server: the MLflow tracking server and the ZenML server (k8s/base), the same mlflow and zenml
 #          versions as every client, with psycopg2 (PostgreSQL) and PyMySQL (MySQL). No torch.
 #

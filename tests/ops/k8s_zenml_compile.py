@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-GPU_PLACEHOLDER_IMAGE = "registry.example.com/dtkd/zenml:training_pipeline-orchestrator"
+CHILD_IMAGE = "registry.example.com/dtkd/zenml:training_pipeline-orchestrator"
 SHORT = {"-o": "orchestrator", "-a": "artifact_store", "-c": "container_registry", "-i": "image_builder",
          "-e": "experiment_tracker", "-r": "model_registry"}
 
@@ -57,7 +57,7 @@ def compile_pipeline(pipeline, config: str):
     return snapshot, schedule
 
 
-def step_job(snapshot, step_name, settings):
+def step_job(snapshot, step_name, settings, image):
     """As kubernetes_orchestrator_entrypoint builds it: build_pod_manifest -> build_job_manifest."""
     from kubernetes.client import ApiClient
     from zenml.entrypoints.step_entrypoint_configuration import StepEntrypointConfiguration
@@ -66,7 +66,7 @@ def step_job(snapshot, step_name, settings):
                                                                pod_template_manifest_from_pod)
 
     pod = build_pod_manifest(
-        pod_name=None, image_name=GPU_PLACEHOLDER_IMAGE, command=StepEntrypointConfiguration.get_entrypoint_command(),
+        pod_name=None, image_name=image, command=StepEntrypointConfiguration.get_entrypoint_command(),
         args=StepEntrypointConfiguration.get_entrypoint_arguments(step_name=step_name, snapshot_id=uuid.uuid4()),
         env={"ZENML_STORE_URL": "http://zenml.dtkd.svc:8080"}, privileged=settings.privileged,
         pod_settings=kube_utils.apply_default_resource_requests(memory="400Mi", pod_settings=settings.pod_settings),
@@ -80,11 +80,11 @@ def step_job(snapshot, step_name, settings):
     return {"apiVersion": "batch/v1", "kind": "Job", **ApiClient().sanitize_for_serialization(job)}
 
 
-def orchestrator_pod(settings):
+def orchestrator_pod(settings, image):
     from kubernetes.client import ApiClient
     from zenml.integrations.kubernetes.manifest_utils import build_pod_manifest
 
-    pod = build_pod_manifest(pod_name="orchestrator", image_name=GPU_PLACEHOLDER_IMAGE, command=["python"],
+    pod = build_pod_manifest(pod_name="orchestrator", image_name=image, command=["python"],
                              args=["-m", "zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint"],
                              privileged=False, pod_settings=settings.orchestrator_pod_settings,
                              service_account_name=settings.service_account_name)
@@ -107,15 +107,20 @@ def main(calls_path: str, out_path: str) -> None:
         snapshot, schedule = compile_pipeline(pipeline, f"{name}.yaml")
         settings = stack.orchestrator.get_settings(snapshot)
         steps = {n: s for n, s in snapshot.step_configurations.items()}
+        docker = snapshot.pipeline_configuration.docker_settings
+        # skip_build: the pods run the parent image itself (what KubernetesOrchestrator.get_image
+        # returns from the build ZenML records for it); otherwise a name ZenML's builder would choose
+        image = docker.parent_image if docker.skip_build else CHILD_IMAGE
         out[name] = {
             "steps": list(steps),
             "experiment_tracker": {n: s.config.experiment_tracker for n, s in steps.items()},
-            "parent_image": snapshot.pipeline_configuration.docker_settings.parent_image,
+            "parent_image": docker.parent_image,
+            "skip_build": docker.skip_build,
             "schedule": schedule.cron_expression if schedule else None,
-            "jobs": {n: step_job(snapshot, n, stack.orchestrator.get_settings(s)) for n, s in steps.items()},
+            "jobs": {n: step_job(snapshot, n, stack.orchestrator.get_settings(s), image) for n, s in steps.items()},
             # the shape of any step pod the pipeline-level settings make (a dynamic pipeline's steps)
-            "pipeline_level_job": step_job(snapshot, "check_data_version", settings),
-            "orchestrator_pod": orchestrator_pod(settings),
+            "pipeline_level_job": step_job(snapshot, "check_data_version", settings, image),
+            "orchestrator_pod": orchestrator_pod(settings, image),
         }
     Path(out_path).write_text(json.dumps(out, indent=1))
 

@@ -72,6 +72,8 @@ def test_zenml_overlay_validates_against_zenml_settings():
         assert {m["mountPath"] for m in s.pod_settings.volume_mounts} == {"/data", "/dev/shm", "/tmp"}
     env = {e["name"]: e["value"] for e in base.pod_settings.env}
     assert env["DTKD_HOME"].startswith("/data/") and env["TORCH_HOME"].startswith("/data/")
+    data_root = merge_files([K8S / "zenml-run-k8s.yaml"])["parameters"]["config"]["data"]["root"]
+    assert data_root.startswith(env["DTKD_DATA_REPO"] + "/"), "the data lives in the DVC project that versions it"
     assert env["HOME"] == "/tmp", "read-only root filesystem: caches and configs go to the /tmp emptyDir"
 
 
@@ -89,7 +91,7 @@ def test_overlay_puts_every_path_on_the_data_volume(tmp_path):
     merged = yaml.safe_load(out.read_text())
     PipelineRunConfiguration.model_validate(merged)
     cfg, original = load_config(out), load_config(paper)
-    assert str(cfg.data.root) == "/data/hmdb51" and str(cfg.data.store.dir) == "/data/hmdb51_store"
+    assert str(cfg.data.root) == "/data/repo/data/hmdb51" and str(cfg.data.store.dir) == "/data/repo/data/hmdb51_store"
     assert cfg.data.store.enabled and cfg.data.store.short_side == original.data.store.short_side
     same = lambda c: c.model_dump(exclude={"data"})  # noqa: E731
     assert same(cfg) == same(original)

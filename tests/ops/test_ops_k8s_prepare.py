@@ -56,7 +56,7 @@ def test_manifest_arguments_prepare_a_run(index, tmp_path, tracking_uri, monkeyp
     assert command[:3] == ["torchrun", "-m", "dtkd.launch"]
     launch = parse_args(command[3:])
     cfg = load_config(launch.config)
-    assert str(cfg.data.root) == "/data/hmdb51", "the pods read the data from the volume"
+    assert str(cfg.data.root) == "/data/repo/data/hmdb51", "the pods read the data from the volume"
     weights = teacher_weights(launch.teacher)   # raises unless every file exists
     for role, path in weights.items():
         state = torch.load(path, weights_only=True)

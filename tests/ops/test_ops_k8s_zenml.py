@@ -87,10 +87,6 @@ def compiled(tmp_path_factory):
     return {"calls": calls, **json.loads((tmp / "out.json").read_text())}
 
 
-# The image ZenML builds from parent_image for the run (a name its image builder chooses).
-IMAGE = "registry.example.com/dtkd/zenml:training_pipeline-orchestrator"
-
-
 def without_zenml_null_keys(job: dict) -> dict:
     """ZenML 0.98 merges `container_security_context` into `V1SecurityContext(privileged=...)
     .to_dict()`, which adds every field in snake_case with value null (manifest_utils.add_pod_settings).
@@ -130,9 +126,12 @@ def test_training_pipeline_compiles_with_the_stack_tracker(compiled):
     tracked = {n for n, t in training["experiment_tracker"].items() if t}
     assert {"validate_data", "distill_student", "register_student"} <= tracked
     assert all(t is True for t in training["experiment_tracker"].values() if t)
-    trainjob = yaml.safe_load((K8S / "training" / "trainer-v2" / "trainjob-distill.yaml").read_text())
-    assert training["parent_image"] == trainjob["spec"]["trainer"]["image"], \
-        "the step pods and the TrainJob run the same training image"
+    assert training["parent_image"] == TRAINJOB_IMAGE and training["skip_build"] is True, \
+        "the step pods run the pinned training image itself, the TrainJob's"
+
+
+TRAINJOB_IMAGE = yaml.safe_load((K8S / "training" / "trainer-v2" / "trainjob-distill.yaml").read_text())[
+    "spec"]["trainer"]["image"]
 
 
 def check_step_job(job: dict, gpu: bool) -> None:
@@ -140,7 +139,7 @@ def check_step_job(job: dict, gpu: bool) -> None:
     validate_core(job)
     pod = job["spec"]["template"]["spec"]
     (main,) = pod["containers"]
-    assert main["image"] == IMAGE
+    assert main["image"] == TRAINJOB_IMAGE
     assert security_problems(pod) == []
     assert pod["serviceAccountName"] == "dtkd-pipeline-runner"
     limits = main["resources"]["limits"]
@@ -155,6 +154,7 @@ def check_step_job(job: dict, gpu: bool) -> None:
     assert claims[mounts["/data"]] == "dtkd-data" and "/dev/shm" in mounts
     env = {e["name"]: e.get("value") for e in main["env"]}
     assert env["DTKD_HOME"] == "/data/dtkd-home" and env["HOME"] == "/tmp"
+    assert env["ZENML_CONFIG_PATH"].startswith("/tmp/"), "ZenML writes its config: not into the read-only image"
 
 
 @pytest.mark.parametrize("step", TRAINING_STEPS)
