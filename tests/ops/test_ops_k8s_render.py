@@ -295,3 +295,26 @@ def test_distill_jobs_request_gpus_and_restart():
     assert job["name"] == "node" and job["template"]["metadata"]["labels"][
         "trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
     assert [c["name"] for c in job["template"]["spec"]["template"]["spec"]["containers"]] == ["node"]
+
+
+def test_pinning_the_image_reaches_the_trainjob(tmp_path):
+    """docs/deploy.md step 3 pins dtkd's image with kustomize's `images:`; kustomize only rewrites
+    container lists by itself, so trainer-v2/kustomizeconfig.yaml teaches it spec.trainer.image."""
+    import shutil
+    import subprocess
+
+    from k8s_support import kustomize_command
+
+    copy = tmp_path / "trainer-v2"
+    shutil.copytree(KUSTOMIZATIONS["trainer-v2"], copy)
+    pinned = "registry.example.com/team/dtkd:0.1.0@sha256:" + "b" * 64
+    with open(copy / "kustomization.yaml", "a") as f:
+        # what `kustomize edit set image ghcr.io/example/dtkd=<registry>/dtkd:0.1.0@sha256:...` writes
+        f.write(f"images:\n  - name: ghcr.io/example/dtkd\n    newName: registry.example.com/team/dtkd\n"
+                f"    newTag: 0.1.0@sha256:{'b' * 64}\n")
+    out = subprocess.run([*kustomize_command(), str(copy)], capture_output=True, text=True, check=True).stdout
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+    assert docs["TrainJob"]["spec"]["trainer"]["image"] == pinned
+    (pod,) = [p for _, p in pod_specs(docs["ClusterTrainingRuntime"])]
+    assert pod["containers"][0]["image"] == pinned
+    assert image_problems(pinned) == []
