@@ -15,13 +15,12 @@
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,7 @@ import pandas as pd
 from dtkd.config import EvalConfig
 from dtkd.data import DataConfig, ViewSpec, class_names, manifest_fingerprint, num_classes_of
 from dtkd.eval import EvalResult
+from dtkd.eval.complexity import fixed_threads
 from dtkd_ops._io import read_manifest
 from dtkd_ops.registry import TAG_INPUT_SPEC, ModelVersionRef
 
@@ -131,20 +131,6 @@ def _predict(model, loader, device, view, averaged):
 
 
 # ----------------------------------------------------------------------------- latency
-
-
-@contextlib.contextmanager
-def fixed_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count pinned to ``threads`` for the block, then restored: the
-    count changes CPU latency several-fold, so both models must be timed with the same one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def latency_ms(models: Sequence[Any], input_shapes: Sequence[Sequence[int]], *, warmup: int, repeats: int,

@@ -20,6 +20,8 @@ def ensure_local_stack() -> str:
     if not (REPO_ROOT / ".zen").exists():
         Client.initialize(root=REPO_ROOT)
     client = Client()
+    if client.zen_store.type.value == "rest":  # logged in to a ZenML server (make team-up): its stack rules
+        return client.active_stack_model.name
     ensure_mlflow_experiment()
 
     wanted = {
@@ -48,4 +50,7 @@ def ensure_local_stack() -> str:
 
 if __name__ == "__main__":
     name = ensure_local_stack()
-    print(f"ZenML stack '{name}' active; MLflow tracking URI {tracking_uri()}")
+    if name == STACK_NAME:
+        print(f"ZenML stack '{name}' active; MLflow tracking URI {tracking_uri()}")
+    else:
+        print(f"connected to a ZenML server: its stack '{name}' stays active (make team-down returns to '{STACK_NAME}')")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from bench.methods import log
+from dtkd.eval.complexity import fixed_threads
 
 
 def set_threads(threads: int) -> None:
@@ -20,14 +20,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-@contextmanager
-def threads_in_process(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+threads_in_process = fixed_threads  # the core's: pinned for the block, then restored
 
 
 def _indexed(item: tuple[int, Callable[[Any], Any], Any]) -> tuple[int, Any]:

@@ -2,12 +2,25 @@
 the convention of the model zoos' "GFLOPs")."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count pinned to ``threads`` for the block, then restored: the count
+    changes CPU latency several-fold, so models compared on time must run at the same one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:

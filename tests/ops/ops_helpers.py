@@ -95,8 +95,3 @@ def toy_evaluate(model) -> dict:
     with torch.no_grad():
         top1 = float((model(x).argmax(dim=1) == y).float().mean())
     return {"top1": top1, "params": int(sum(p.numel() for p in model.parameters())), "latency_ms": 0.1}
-
-
-def toy_evaluator_factory(manifest, gate_cfg, registry):
-    """For ``dtkd gate --evaluator ops_helpers:toy_evaluator_factory``."""
-    return toy_evaluate

@@ -87,6 +87,9 @@ class Home:
         self.env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         self.env.update(
             ZENML_CONFIG_PATH=str(root / "zenml"),
+            # no ZenML repository (the checkout's .zen/ names another store's active stack, and
+            # parallel tests or a user's `make run` rewrite it): the active stack is this store's
+            ZENML_REPOSITORY_PATH=str(root / "no-repository"),
             DTKD_HOME=str(root / "home"),
             DTKD_DATA_REPO=str(self.data_repo),
             ZENML_ANALYTICS_OPT_IN="false",

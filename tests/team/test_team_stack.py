@@ -37,7 +37,10 @@ def team():
     root = Path(tempfile.mkdtemp(prefix="dtkd-team-", dir="/var/tmp"))
     root.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DTKD_LOCK"))}
+    # ZENML_REPOSITORY_PATH: no ZenML repository, so the active stack lives in this store's own
+    # config, not in the checkout's .zen/ (which other processes rewrite)
     env.update(DTKD_HOME=str(root / "home"), ZENML_CONFIG_PATH=str(root / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
+               ZENML_REPOSITORY_PATH=str(root / "no-repository"),
                MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", ZENML_ENABLE_RICH_TRACEBACK="false",
                OMP_NUM_THREADS="2", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     t0 = time.perf_counter()
@@ -74,8 +77,9 @@ def test_services_are_real_and_authenticated(team):
         assert cur.fetchone()[0] == 1
     conn.close()
     assert state["pg_port"] != state["mlflow_port"]
-    zenml = _run([BIN / "zenml", "status"], team["env"]).stdout
-    assert "dtkd_team" in zenml and "127.0.0.1" in zenml
+    out = _run([BIN / "zenml", "status"], team["env"])
+    zenml = out.stdout + out.stderr  # the status table goes to the terminal's console, either stream
+    assert "dtkd_team" in zenml and "127.0.0.1" in zenml, zenml
 
 
 def test_the_pipeline_gate_and_promote_run_against_the_servers(team, tmp_path):
