@@ -6,8 +6,9 @@
 #          extra, configs/ and the Kubernetes entry point k8s/prepare_run.py under /opt/dtkd.
 #          The ZenML step pods (parent_image with skip_build: k8s/zenml-run-k8s.yaml) and the
 #          TrainJob/PyTorchJob all run it as is: the steps import the installed project.
-#   server: the MLflow tracking server and the ZenML server (k8s/base), the same mlflow and zenml
-#          versions as every client, with psycopg2 (PostgreSQL) and PyMySQL (MySQL). No torch.
+#   server: the MLflow tracking server (with its basic-auth app) and the ZenML server (k8s/base),
+#          the same mlflow and zenml versions as every client, with psycopg2 (PostgreSQL) and
+#          PyMySQL (MySQL). No torch.
 #
 #   docker build -t ghcr.io/example/dtkd:0.1.0 .
 #   docker build --target server -t ghcr.io/example/dtkd-server:0.1.0 .
@@ -40,7 +41,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY constraints.txt /tmp/constraints.txt
-RUN pip install "pip>=24" && pip install -c /tmp/constraints.txt mlflow "zenml[server]" psycopg2-binary PyMySQL \
+RUN pip install "pip>=24" && pip install -c /tmp/constraints.txt "mlflow[auth]" "zenml[server]" psycopg2-binary PyMySQL \
     && pip check
 
 # ---- final stages -------------------------------------------------------------------------------

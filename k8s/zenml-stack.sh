@@ -53,9 +53,9 @@ exists container-registry dtkd_registry || zenml container-registry register dtk
 exists image-builder dtkd_image_builder || zenml image-builder register dtkd_image_builder --flavor=local
 # ZenML's MLflow tracker refuses a remote tracking URI without credentials: they come from the ZenML
 # secret `dtkd_mlflow`, the same secret the team stack uses (pipelines/team_stack.py, steps/stack.py):
-# username/password for MLflow (k8s/base's MLflow runs without auth inside the cluster and ignores
-# them; behind an authenticating ingress they are the ingress's) and lock_url, the PostgreSQL URL of
-# the shared champion lock (DTKD_LOCK_URL: a promotion into a shared registry refuses without one).
+# username/password of an MLflow user (k8s/base's MLflow runs the basic-auth app, as the team
+# stack's does) and lock_url, the PostgreSQL URL of the shared champion lock (DTKD_LOCK_URL: a
+# promotion into a shared registry refuses without one).
 zenml secret get dtkd_mlflow >/dev/null 2>&1 || {
   echo "create the ZenML secret first: zenml secret create dtkd_mlflow --username=... --password=... --lock_url=postgresql://..." >&2
   exit 2; }

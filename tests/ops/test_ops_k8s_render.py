@@ -189,7 +189,15 @@ def test_services_run_the_team_stack_commands():
     ctx = server.make_context("server", list(mlflow["args"]))
     assert ctx.params["backend_store_uri"] == "$(MLFLOW_BACKEND_STORE_URI)"
     assert ctx.params["serve_artifacts"] is True and ctx.params["artifacts_destination"] == "/mlflow/artifacts"
+    assert ctx.params["app_name"] == "basic-auth", "the registry of record takes logins, as the team stack's"
     env = {e["name"]: e for e in mlflow["env"]}
+    auth_ini = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    auth_mount = next(m for m in mlflow["volumeMounts"] if auth_ini.startswith(m["mountPath"] + "/"))
+    auth_volume = next(v for v in docs["Deployment", "mlflow"]["spec"]["template"]["spec"]["volumes"]
+                       if v["name"] == auth_mount["name"])
+    assert auth_volume["secret"]["secretName"] == "dtkd-mlflow-auth"
+    init = docs["ConfigMap", "postgres-init"]["data"]["init-auth-db.sql"]
+    assert "CREATE DATABASE mlflow_auth" in init, "the auth app's users database exists on first start"
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "dtkd-mlflow-db"
     mounts = {m["mountPath"]: m["name"] for m in mlflow["volumeMounts"]}
     pod = docs["Deployment", "mlflow"]["spec"]["template"]["spec"]
@@ -206,7 +214,7 @@ def test_services_run_the_team_stack_commands():
 def test_cloud_overlay_uses_managed_databases_and_rwx():
     local = {(d["kind"], d["metadata"]["name"]): d for d in render("local")}
     cloud = {(d["kind"], d["metadata"]["name"]): d for d in render("cloud")}
-    assert set(local) - set(cloud) == {("StatefulSet", "postgres"), ("Service", "postgres"),
+    assert set(local) - set(cloud) == {("StatefulSet", "postgres"), ("Service", "postgres"), ("ConfigMap", "postgres-init"),
                                        ("StatefulSet", "mysql"), ("Service", "mysql")}
     assert cloud["PersistentVolumeClaim", "dtkd-data"]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert cloud["PersistentVolumeClaim", "dtkd-data"]["spec"]["storageClassName"]
@@ -286,7 +294,8 @@ def test_distill_jobs_request_gpus_and_restart():
     t = tj["spec"]["trainer"]
     assert t["numNodes"] * t["numProcPerNode"] >= 2, "multi-GPU"
     assert t["resourcesPerNode"]["limits"][GPU] == str(t["numProcPerNode"])
-    assert {"MLFLOW_TRACKING_URI", "DTKD_HOME"} <= {e["name"] for e in t["env"]}
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "DTKD_HOME"} <= {
+        e["name"] for e in t["env"]}, "the teachers come from an MLflow server that takes logins"
     runtime = next(d for d in render("trainer-v2") if d["kind"] == "ClusterTrainingRuntime")
     assert "torch" in runtime["spec"]["mlPolicy"]
     assert runtime["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] >= 1
