@@ -14,8 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
-import yaml
-
+ENTRYPOINT = "zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint"
 CHILD_IMAGE = "registry.example.com/dtkd/zenml:training_pipeline-orchestrator"
 SHORT = {"-o": "orchestrator", "-a": "artifact_store", "-c": "container_registry", "-i": "image_builder",
          "-e": "experiment_tracker", "-r": "model_registry"}
@@ -85,7 +84,7 @@ def orchestrator_pod(settings, image):
     from zenml.integrations.kubernetes.manifest_utils import build_pod_manifest
 
     pod = build_pod_manifest(pod_name="orchestrator", image_name=image, command=["python"],
-                             args=["-m", "zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint"],
+                             args=["-m", ENTRYPOINT],
                              privileged=False, pod_settings=settings.orchestrator_pod_settings,
                              service_account_name=settings.service_account_name)
     return {"apiVersion": "v1", "kind": "Pod", **ApiClient().sanitize_for_serialization(pod)}

@@ -46,7 +46,8 @@ def test_manifest_arguments_prepare_a_run(index, tmp_path, tracking_uri, monkeyp
     from dtkd_ops.registry import ModelRegistry
 
     registry = ModelRegistry(tracking_uri)
-    teachers = {role: _register(registry, f"dtkd-teacher-hmdb51-{role}", seed) for seed, role in enumerate(["cnn", "vit"])}
+    teachers = {role: _register(registry, f"dtkd-teacher-hmdb51-{role}", seed)
+                for seed, role in enumerate(["cnn", "vit"])}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     where, cmd, _, _ = distill_commands()[index]
     prepare_run = _module()
@@ -101,7 +102,8 @@ def test_refuses_what_it_cannot_do(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         prepare_run.parse_args(["--run-dir", str(tmp_path), "--config", "c.yaml", "--teacher", "cnn=/a/file.pt"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = prepare_run.parse_args(["--run-dir", str(tmp_path), "--config", str(REPO_ROOT / "configs" / "paper_hmdb51.yaml"),
+    paper = str(REPO_ROOT / "configs" / "paper_hmdb51.yaml")
+    args = prepare_run.parse_args(["--run-dir", str(tmp_path), "--config", paper,
                                    "--teacher", "cnn=models:/m@champion", "--", "true"])
     with pytest.raises(SystemExit, match="MLFLOW_TRACKING_URI"):
         prepare_run.prepare(args)

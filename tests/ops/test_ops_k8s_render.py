@@ -50,7 +50,6 @@ def test_base_objects_are_namespaced_in_dtkd():
 
 
 def test_strict_validation_catches_typos():
-    import jsonschema  # noqa: F401  (the CRD validator's dependency)
     import kubernetes_validate
 
     pvc = next(d for d in render("local") if d["kind"] == "PersistentVolumeClaim")
@@ -214,8 +213,8 @@ def test_services_run_the_team_stack_commands():
 def test_cloud_overlay_uses_managed_databases_and_rwx():
     local = {(d["kind"], d["metadata"]["name"]): d for d in render("local")}
     cloud = {(d["kind"], d["metadata"]["name"]): d for d in render("cloud")}
-    assert set(local) - set(cloud) == {("StatefulSet", "postgres"), ("Service", "postgres"), ("ConfigMap", "postgres-init"),
-                                       ("StatefulSet", "mysql"), ("Service", "mysql")}
+    assert set(local) - set(cloud) == {("StatefulSet", "postgres"), ("Service", "postgres"),
+                                       ("ConfigMap", "postgres-init"), ("StatefulSet", "mysql"), ("Service", "mysql")}
     assert cloud["PersistentVolumeClaim", "dtkd-data"]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert cloud["PersistentVolumeClaim", "dtkd-data"]["spec"]["storageClassName"]
     assert local["PersistentVolumeClaim", "dtkd-data"]["spec"]["accessModes"] == ["ReadWriteOnce"]

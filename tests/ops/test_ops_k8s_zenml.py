@@ -149,7 +149,8 @@ def check_step_job(job: dict, gpu: bool) -> None:
         assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     else:
         assert GPU not in limits, "CPU steps must not hold a GPU"
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}
     mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
     assert claims[mounts["/data"]] == "dtkd-data" and "/dev/shm" in mounts
     env = {e["name"]: e.get("value") for e in main["env"]}
