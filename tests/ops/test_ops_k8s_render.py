@@ -6,6 +6,7 @@ reference only, least-privilege RBAC, the distillation jobs' paths."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -326,3 +327,33 @@ def test_pinning_the_image_reaches_the_trainjob(tmp_path):
     (pod,) = [p for _, p in pod_specs(docs["ClusterTrainingRuntime"])]
     assert pod["containers"][0]["image"] == pinned
     assert image_problems(pinned) == []
+
+
+def _dockerfile_stages() -> dict[str, str]:
+    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", text, re.M | re.S))
+
+
+def test_the_image_holds_what_the_manifests_run():
+    """Every /opt/dtkd/... path a training manifest names is copied there by the train stage,
+    from a file that exists; every COPY source of the Dockerfile exists and is not .dockerignored."""
+    stages = _dockerfile_stages()
+    train = stages["train"]
+    (workdir,) = re.findall(r"^WORKDIR (\S+)", train, re.M)
+    copied = set()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", train, re.M):
+        *sources, dest = line.split()
+        target = f"{workdir}/{dest.strip('./')}"          # relative destinations: under WORKDIR
+        # into a directory (dest ends with /): each source keeps its name; else the dest is the copy
+        copied |= {f"{target}/{Path(src).name}" for src in sources} if dest.endswith("/") else {target}
+    named = {a.split("=", 1)[-1] for _, cmd, _, _ in distill_commands() for a in cmd if "/opt/dtkd/" in a}
+    assert named
+    for path in named:
+        assert any(path == c or path.startswith(c + "/") for c in copied), f"{path}: not copied into the image"
+    ignored = {line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    for stage in stages.values():
+        for line in re.findall(r"^COPY (?!--from)(.+)$", stage, re.M):
+            for src in line.split()[:-1]:
+                assert (REPO_ROOT / src).exists(), f"COPY {src}: no such file"
+                assert src.split("/")[0] not in ignored, f"COPY {src}: excluded by .dockerignore"
