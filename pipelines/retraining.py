@@ -15,9 +15,21 @@ from zenml.enums import ExecutionMode
 
 from pipelines.training import STUDENT_MODEL, train_and_register, validated
 from steps.data_version import check_data_version
+from steps.distill import distill_student
+from steps.evaluate import evaluate_student
+from steps.ingest import ingest_data
+from steps.register import register_student
+from steps.train_teachers import train_cnn_teacher, train_vit_teacher
+from steps.validate import validate_data
+
+# A dynamic pipeline's steps are only known when it runs; ZenML applies a run config's `steps:`
+# section (the Kubernetes overlay's GPU pod settings) to the steps listed here, as templates.
+STEP_TEMPLATES = [check_data_version, ingest_data, validate_data, train_cnn_teacher, train_vit_teacher,
+                  distill_student, evaluate_student, register_student]
 
 
-@pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST)
+@pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST,
+          depends_on=STEP_TEMPLATES)
 def retraining_pipeline(config: dict, force: bool = False) -> None:
     cfg = validated(config)
     decision = check_data_version(registered_name=cfg.registry.student_name, data=cfg.data, force=force)

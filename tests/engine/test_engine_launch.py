@@ -24,7 +24,7 @@ def _launch(*args: str) -> subprocess.CompletedProcess:
 def test_cli_arguments(tmp_path):
     args = parse_args(["--config", "c.yaml", "--out", "runs/x", "--teacher", "cnn=a.pt", "--teacher", "vit=b.pt"])
     assert args.stage == "distill" and args.teacher == ["cnn=a.pt", "vit=b.pt"] and not args.no_resume
-    # k8s/pytorchjob-distill.yaml passes both teachers after one flag.
+    # the TrainJob / PyTorchJob (k8s/training/) pass both teachers after one flag.
     assert parse_args(["--config", "c", "--out", "o", "--teacher", "cnn=a.pt", "vit=b.pt"]).teacher == ["cnn=a.pt", "vit=b.pt"]
     with pytest.raises(SystemExit):
         parse_args(["--config", "c.yaml", "--out", "o", "--stage", "student"])

@@ -192,12 +192,9 @@ def test_retraining_pipeline_compiles_with_its_schedule(compiled):
     check_step_job(retraining["pipeline_level_job"], gpu=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ZenML 0.98 ignores a run config's `steps:` for a dynamic pipeline ('cannot be applied to any "
-    "pipeline step invocations'), so the retraining pipeline's GPU steps would run on the CPU pod "
-    "settings. Fix in pipelines/retraining.py: @pipeline(depends_on=[...the GPU steps...]) makes "
-    "them config templates; then this passes (strict xfail: it will say so)."))
 def test_retraining_gpu_steps_get_their_gpu_settings(compiled):
+    """ZenML 0.98 applies a run config's `steps:` to a dynamic pipeline's steps only when they are
+    its `depends_on` templates (pipelines/retraining.py): else the GPU steps get the CPU pod."""
     assert GPU_STEPS <= set(compiled["retraining"]["steps"])
 
 
