@@ -97,7 +97,8 @@ def test_the_pipeline_gate_and_promote_run_against_the_servers(team, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=team["uri"], registry_uri=team["uri"])
-    os.environ.update({k: team["client"][k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    os.environ.update({k: team["client"][k] for k in names})  # models:/ URIs resolve through them
     try:
         student = client.get_registered_model("dtkd-student")
         assert {k: int(v) for k, v in student.aliases.items()} == {"champion": 1, "challenger": 1}
@@ -107,11 +108,17 @@ def test_the_pipeline_gate_and_promote_run_against_the_servers(team, tmp_path):
         assert version.tags["dtkd.gate.decision"] == "promoted"
         run = client.get_run(version.run_id)
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # uploaded through the server
-        local = mlflow.artifacts.download_artifacts(f"models:/dtkd-student@champion", dst_path=str(tmp_path / "m"),
-                                                    tracking_uri=team["uri"])
+        before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(team["uri"])
+        mlflow.set_registry_uri(team["uri"])
+        try:
+            local = mlflow.artifacts.download_artifacts("models:/dtkd-student@champion", dst_path=str(tmp_path / "m"))
+        finally:
+            mlflow.set_tracking_uri(before[0])
+            mlflow.set_registry_uri(before[1])
         assert Path(local, "MLmodel").is_file()
     finally:
-        for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        for k in names:
             os.environ.pop(k, None)
 
     # the CLI gate over HTTP: the champion against itself is no significant change (exit 3)
