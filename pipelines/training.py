@@ -15,12 +15,12 @@ from zenml.enums import ExecutionMode
 
 from dtkd.config import TEACHER_ROLES, ConfigError, DTKDConfig, validate_config
 from dtkd_ops.gate import load_gate_config
-from steps.stack import tracking_uri
 from dtkd_ops.pretrained import pin_registry_refs
 from steps.distill import distill_student
 from steps.evaluate import evaluate_student
 from steps.ingest import ingest_data
 from steps.register import register_student
+from steps.stack import tracking_uri
 from steps.train_teachers import train_cnn_teacher, train_vit_teacher
 from steps.validate import validate_data
 

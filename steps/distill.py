@@ -11,9 +11,9 @@ from zenml import log_metadata, step
 from dtkd.assemble import build_job
 from dtkd.config import DistillStage
 from dtkd.data import manifest_fingerprint
-from steps.stack import tracking_uri
 from dtkd_ops.pretrained import resolve_ref
 from steps.checkpoints import state_fingerprint, step_checkpoints
+from steps.stack import tracking_uri
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat, numeric_leaves
 
 
