@@ -12,7 +12,7 @@ from dtkd.models.taps import FeatureTap
 from dtkd.models.weights import LoadReport, load_weights, read_state_dict
 
 # Importing the family modules registers their models.
-from dtkd.models import r2plus1d, resnet3d, slowfast, vit, x3d  # noqa: E402,F401  isort: skip
+from dtkd.models import movinet, r2plus1d, resnet3d, slowfast, vit, x3d  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "FeatureTap",
