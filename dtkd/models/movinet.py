@@ -3,7 +3,7 @@ CVPR 2021): the paper's mobile student MoViNet-A2 (Tables 1, 2, 4 and 8), base (
 variant, written for dtkd from the published architecture, plus a CPU-sized variant of the same
 design.
 
-Architecture (the paper's Table 9 layout; the A2 numbers as published in the authors' TF model
+Architecture (the paper's layer names; the A2 numbers as released in the authors' TF model
 garden, official/projects/movinet/modeling/movinet.py, BLOCK_SPECS['a2']):
 
     conv1    1x3x3 conv, stride 1x2x2, BN, swish                                 16
@@ -31,8 +31,13 @@ Deviations, stated:
   `weights_url` is None. `pretrained=` loads a dtkd-keyed state dict (a local file or a URL),
   like every other model in the zoo.
 * Stochastic depth (official K600 recipe: 0.2) is an override, `stochastic_depth_prob`, default
-  0: the rate grows linearly from 0 to that value over the blocks (as in EfficientNet, which the
-  official code follows). With 0 it is the identity.
+  0: block i of n drops its branch with probability p * i / n (the common linear schedule; the
+  official code's exact per-block schedule was not checked). With 0 it is the identity.
+* Published figures: this build gives the dtkd paper's Table 8 FLOPs (3.85 G at 16x224^2)
+  exactly, but 5.25 M parameters at 600 classes against the MoViNet paper's 4.8 M (+9.4 %): the
+  paper's A2 table differs from the released one built here (see _A2_PUBLISHED and
+  docs/models.md). The PyTorch port's (Atze00) checkpoints use other key names and TF-style
+  padding; they are not converted here.
 * The classifier is a linear layer on the pooled vector; TF uses 1x1x1 convs on a 1x1x1 map,
   which is the same operation.
 """
