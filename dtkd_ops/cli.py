@@ -6,12 +6,16 @@
     dtkd rollback --model NAME [--tracking-uri URI]
     dtkd quality  --manifest data/manifest.parquet [--rules configs/data.yaml] [--docs-dir DIR] [--out DIR]
     dtkd data-version [--repo .]
+    dtkd export   --model NAME [--version champion|N|ALIAS] [--manifest MANIFEST] [--out DIR] [--opset 18]
+                  [--atol 1e-4] [--threads 1] [--int8] [--no-log] [--json OUT]
 
 The gate loads the candidate and the champion and measures both here, on the same test clips:
 the ``--manifest`` test split, else the test manifest logged with the candidate when it was
 registered (the clips the pipeline's gate used). Exit status of ``gate``/``promote``: 0 promoted,
 3 no significant change, 4 significantly worse, 5 refused, 6 lost a concurrent promotion, 2 could
-not run (``dtkd gate --help``). ``quality``: 0 passed, 1 failed, 2 could not run.
+not run (``dtkd gate --help``). ``quality``: 0 passed, 1 failed, 2 could not run. ``export``
+(TorchScript + ONNX, parity on the test clips, latency; docs/export.md): 0 exported and logged,
+1 an export outside the parity tolerance (nothing logged), 2 could not run.
 """
 from __future__ import annotations
 
@@ -86,7 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=1)
     dv = sub.add_parser("data-version", help="print the DVC data version (JSON)")
     dv.add_argument("--repo", default=".")
+    _export_args(sub.add_parser("export", help="export a registered model to TorchScript and ONNX, check and time it"))
     return parser
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Export a registered version to TorchScript and ONNX (dynamic batch), check both against the "
+                     "PyTorch model on its test clips (max abs logit difference, top-1 agreement), time all three "
+                     "on CPU, and log the files to a new MLflow run tagged with the version. Exit 0 exported and "
+                     "logged, 1 outside the parity tolerance (nothing logged), 2 could not run.")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--version", default="champion", help="version number or alias (default: champion, what ships)")
+    p.add_argument("--manifest", default=None, help="check on this manifest's split (default: the test manifest "
+                   "logged with the version)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default=None, help="write the files under DIR/<model>-v<version>/ (default: "
+                   "$DTKD_HOME/exports)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: dtkd.eval.export.DEFAULT_OPSET, 18)")
+    p.add_argument("--atol", type=float, default=None, help="max abs logit difference allowed (default 1e-4)")
+    p.add_argument("--min-agreement", type=float, default=None, help="top-1 agreement required (default 1.0)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for every format's latency (default 1)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10, help="timed batch-1 forwards per format; the median counts")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-clips", type=int, default=None, help="check on the first N clips only")
+    p.add_argument("--int8", action="store_true", help="also report int8 dynamic quantisation (Linear layers): "
+                   "top-1 delta on the split and latency")
+    p.add_argument("--no-log", dest="log", action="store_false", help="export and check only; log nothing")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON here")
 
 
 def _evaluator(args, cfg, registry):
@@ -155,6 +187,27 @@ def _cmd_data_version(args) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args) -> int:
+    from dtkd_ops._io import atomic_write_json
+    from dtkd_ops.export import export_version
+    from dtkd_ops.registry import ModelRegistry
+
+    registry = ModelRegistry(args.tracking_uri or default_tracking_uri())
+    out = args.out or Path(os.environ.get("DTKD_HOME", ".dtkd")) / "exports"
+    report = export_version(registry, args.model, args.version, manifest=args.manifest, split=args.split, out_dir=out,
+                            opset=args.opset, atol=args.atol, min_agreement=args.min_agreement, threads=args.threads,
+                            warmup=args.warmup, repeats=args.repeats, batch_size=args.batch_size,
+                            max_clips=args.max_clips, int8=args.int8, log_to_mlflow=args.log)
+    print(report.summary())
+    if args.json_out:
+        atomic_write_json(args.json_out, report.to_dict())
+    if not report.ok:
+        print(f"dtkd export: parity FAILED; files kept in {Path(report.files['onnx']).parent}, nothing logged",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     for key, value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
                        "ZENML_ANALYTICS_OPT_IN": "false"}.items():
@@ -167,6 +220,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_rollback(args)
         if args.command == "quality":
             return _cmd_quality(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_data_version(args)
     except Exception as err:  # noqa: BLE001 - a CLI reports any failure to run as exit 2
         kind = "" if isinstance(err, (ValueError, FileNotFoundError, RuntimeError)) else f"{type(err).__name__}: "
