@@ -141,7 +141,8 @@ def table8_rows(results: list[Measured]) -> list[str]:
     """The paper's Table 8 models, with params at 400 and at 51 (HMDB51) classes."""
     by_name = {m.name: m for m in results}
     picks = [("MViTv2-S", "mvit_v2_s"), ("Swin-B", "swin3d_b"), ("I3D-R50", "i3d_r50"),
-             ("R(2+1)D", "r2plus1d_r34"), ("SlowFast-R50", "slowfast_r50_4x16"), ("X3D-S", "x3d_s")]
+             ("R(2+1)D", "r2plus1d_r34"), ("SlowFast-R50", "slowfast_r50_4x16"), ("X3D-S", "x3d_s"),
+             ("MoViNet-A2", "movinet_a2")]
     rows = [
         "| Table 8 model | dtkd name | clip | paper GFLOPs | fvcore GFLOPs | paper params M | "
         "params M, 400 cls | params M, 51 cls |",
@@ -226,6 +227,11 @@ NOTES = """\
   3.79 M, +0.9 %). I3D-R50 27.33 M is exactly pytorchvideo's I3D-R50 with a **51-class** (HMDB51)
   head; its 33.27 G matches neither the 224² ({i3d_r50_8_224} G) nor the 256² ({i3d_r50_8_256} G) 8-frame
   clip, and the paper does not say which I3D it ran.
+* **MoViNet-A2** 3.85 G is the released A2 (`movinet_a2`) on 16×224² clips exactly (fvcore
+  3.85 G). Its 4.80 M is the MoViNet paper's **600-class** count, which the released A2 does not
+  reproduce: 5.25 M at 600 classes (+9.4 %); the 400-class build's 4.84 M sits near 4.80 only
+  by head size. The MoViNet paper's 10.3 G at 50×224² is its own A2 table (fvcore: 12.02 G, of
+  which convolutions 11.56 G). See [models.md](models.md#movinet-a2).
 """
 
 
