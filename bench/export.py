@@ -119,7 +119,8 @@ def table(results: dict) -> str:
             p = r["parity"].get(fmt)
             diff = "reference" if p is None else f"{p['max_abs_diff']:.2g}"
             agree = "" if p is None else f"{p['top1_agreement']:.3f} ({p['n']} clips)"
-            lines.append(f"| {label} | {fmt} | {diff} | {agree} | {ms:.1f} | {r['latency_ratio_to_pytorch'][fmt]:.2f} |")
+            ratio = r["latency_ratio_to_pytorch"][fmt]
+            lines.append(f"| {label} | {fmt} | {diff} | {agree} | {ms:.1f} | {ratio:.2f} |")
     return "\n".join(lines)
 
 

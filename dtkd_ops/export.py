@@ -26,7 +26,9 @@ from typing import Optional, Union
 log = logging.getLogger(__name__)
 
 TAG_EXPORT_RUN = "dtkd.export.run_id"
-TAG_EXPORT_MODEL, TAG_EXPORT_VERSION, TAG_EXPORT_SOURCE = "dtkd.export.model", "dtkd.export.version", "dtkd.export.source_run"
+TAG_EXPORT_MODEL = "dtkd.export.model"  # on the export run: which version it exported
+TAG_EXPORT_VERSION = "dtkd.export.version"
+TAG_EXPORT_SOURCE = "dtkd.export.source_run"  # the version's registering run
 ARTIFACT_DIR = "export"
 
 
