@@ -11,6 +11,7 @@ from dtkd.data import DataConfig
 from dtkd_ops.data_version import data_version
 from dtkd_ops.registry import ModelRegistry
 from dtkd_ops.home import REPO_ROOT
+from steps.caching import NEVER_CACHED
 from steps.stack import tracking_uri
 
 
@@ -52,7 +53,8 @@ def lineage_tags(data: DataConfig) -> dict[str, str]:
     return {**current_data_tags(data), "dtkd.code.git_commit": commit, "mlflow.source.git.commit": commit}
 
 
-@step(enable_cache=False)
+# Never cached: the decision is about the data and the champion as they are now.
+@step(**NEVER_CACHED)
 def check_data_version(registered_name: str, data: DataConfig, force: bool = False) -> Annotated[dict, "retrain_decision"]:
     """Retrain when the DVC data version differs from the one the current champion was trained
     on, when there is no champion, when the data is not tracked by DVC (nothing to compare), or

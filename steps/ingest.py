@@ -1,28 +1,21 @@
 """Ingest: generate (embedded synthetic set) or read a dataset and build its manifest."""
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 import pandas as pd
 from zenml import log_metadata, step
-from zenml.config import CachePolicy
 
 from dtkd.data import DataConfig, manifest_fingerprint, prepare_manifest
+from steps.caching import NEVER_CACHED
 from steps.data_version import lineage_tags
 from steps.materializers import ManifestMaterializer
-
-
-def fresh_key() -> str:
-    """A cache key no earlier run has: a run config's `enable_cache: true` overrides every step's
-    own `enable_cache`, so "never cached" has to live in the key."""
-    return uuid.uuid4().hex
 
 
 # Never cached: it reads the data as it is now (every file probed and hashed), so a changed video
 # is seen even when its name, the config and the DVC version are not. The steps after it are
 # cached on the manifest's content (steps.materializers), so unchanged data retrains nothing.
-@step(enable_cache=False, cache_policy=CachePolicy(cache_func=fresh_key), output_materializers=ManifestMaterializer)
+@step(**NEVER_CACHED, output_materializers=ManifestMaterializer)
 def ingest_data(data: DataConfig) -> Annotated[pd.DataFrame, "manifest"]:
     manifest = prepare_manifest(data)
     log_metadata(

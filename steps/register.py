@@ -10,7 +10,6 @@ from typing import Annotated
 import pandas as pd
 from torch import nn
 from zenml import get_step_context, log_metadata, step
-from zenml.config import CachePolicy
 
 from dtkd.assemble import default_device
 from dtkd.config import EvalConfig, ModelRef, RegistryConfig
@@ -18,16 +17,16 @@ from dtkd.data import DataConfig, manifest_fingerprint
 from dtkd_ops import gate as promotion
 from dtkd_ops import registry as mlflow_registry
 from dtkd_ops.evaluation import TEST_MANIFEST_ARTIFACT, TestSplitEvaluator, gate_tags
+from steps.caching import NEVER_CACHED
 from steps.data_version import lineage_tags
-from steps.ingest import fresh_key
 from steps.stack import tracking_uri
 from steps.tracking import TRACKED, numeric_leaves
 
 
 # Never served from cache: it writes to the registry (a new version, the gate's decision, maybe the
 # champion), so a cached run would report a registration that did not happen in it. A run config's
-# `enable_cache: true` overrides `enable_cache=False`, hence the fresh cache key as in ingest_data.
-@step(**TRACKED, enable_cache=False, cache_policy=CachePolicy(cache_func=fresh_key))
+# `enable_cache: true` would override a plain `enable_cache=False` (steps/caching.py).
+@step(**TRACKED, **NEVER_CACHED)
 def register_student(
     student: nn.Module, test_metrics: dict, manifest: pd.DataFrame, model: ModelRef, method: str,
     evaluation: EvalConfig, data: DataConfig, registry: RegistryConfig, gate: promotion.GateConfig,

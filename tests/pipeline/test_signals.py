@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -47,23 +48,28 @@ def test_one_signal_during_a_teacher_step_stops_the_run(tmp_path, sig):
 
     proc = subprocess.Popen([ZENML, "pipeline", "run", "pipelines.training.training_pipeline", "-c", str(home.config)],
                             cwd=REPO, env=home.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = []
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)  # never a full pipe
+    reader.start()
     try:
         deadline = time.monotonic() + 600
-        for line in proc.stdout:
-            output.append(line)
-            if "train_cnn_teacher" in line and "has started" in line:
-                break
-            assert time.monotonic() < deadline, "".join(output[-50:])
-        time.sleep(5)  # inside the training loop
+        while not any("train_cnn_teacher" in line and "has started" in line for line in list(output)):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(output[-50:])
+            time.sleep(0.5)
+        # inside the training loop, past its first checkpoint (a fixed sleep raced a loaded machine)
+        ckpts = tmp_path / "home" / "checkpoints" / "cnn_teacher"
+        while not list(ckpts.rglob("ckpt-*.pt")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint before the deadline"
+            time.sleep(0.5)
+        time.sleep(1)
         sent = time.monotonic()
         proc.send_signal(sig)
-        rest, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
         waited = time.monotonic() - sent
+        reader.join(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    output.append(rest)
     log = "".join(output)
     assert proc.returncode != 0, log[-4000:]
     assert waited < 30, f"exited {waited:.0f} s after the signal"

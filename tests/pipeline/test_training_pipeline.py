@@ -142,7 +142,11 @@ class Home:
         _run([ZENML, "pipeline", "run", pipeline, "-c", self.config], self.env)
 
     def query(self, **env: str) -> dict:
-        out = _run([sys.executable, "-c", QUERY], {**self.env, **env})
+        # a script file, not `python -c`: without a ZenML repository ZenML takes the main module's
+        # folder as the source root, and loading an artifact needs one
+        script = self.root / "query.py"
+        script.write_text(QUERY)
+        out = _run([sys.executable, script], {**self.env, "PYTHONPATH": str(REPO), **env})
         return json.loads(out.stdout.split("JSON:", 1)[1])
 
 
