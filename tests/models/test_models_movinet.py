@@ -11,6 +11,7 @@ from dtkd import distill, models
 from dtkd.eval.complexity import count_flops, count_params
 from dtkd.models import FeatureTap, load_weights
 from dtkd.models.movinet import A2, K13, K15, K33, K53, S11, S12, Arch, MoViNet, Stage, make_divisible
+from test_models_forward import _separable_batch  # colour-and-motion clips any working model learns
 
 # The released MoViNet-A0 / A1 (TF model garden BLOCK_SPECS), to check the block against the
 # MoViNet paper's own figures where paper and release agree.
@@ -200,20 +201,6 @@ def test_tiny_is_cpu_sized():
     model = models.build("movinet_tiny", 6)
     assert count_params(model) == hand_count(models.movinet.TINY, 6) < 200_000
     assert count_flops(model, spec.input_shape) < 0.05  # GFLOPs per 8x64^2 clip (0.014)
-
-
-def _separable_batch(n_classes=3, per_class=2, frames=4, crop=32):
-    """Clips whose class is a colour-and-motion pattern (as in test_models_forward)."""
-    g = torch.Generator().manual_seed(0)
-    xs, ys = [], []
-    for c in range(n_classes):
-        for _ in range(per_class):
-            x = 0.3 * torch.randn(3, frames, crop, crop, generator=g)
-            x[c] += 1.0
-            x[:, :, :, :: (c + 2)] += torch.linspace(-1, 1, frames).view(1, frames, 1, 1)
-            xs.append(x)
-            ys.append(c)
-    return torch.stack(xs), torch.tensor(ys)
 
 
 def test_tiny_learns():
