@@ -28,7 +28,7 @@ import pandas as pd
 from dtkd.config import EvalConfig
 from dtkd.data import DataConfig, ViewSpec, class_names, manifest_fingerprint, num_classes_of
 from dtkd.eval import EvalResult
-from dtkd.eval.complexity import fixed_threads
+from dtkd.eval.complexity import count_params, fixed_threads
 from dtkd_ops._io import read_manifest
 from dtkd_ops.registry import TAG_INPUT_SPEC, ModelVersionRef
 
@@ -158,10 +158,6 @@ def latency_ms(models: Sequence[Any], input_shapes: Sequence[Sequence[int]], *, 
         for m, was_training in zip(models, states):
             m.train(was_training)
     return [float(statistics.median(t)) for t in times]
-
-
-def count_params(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 # ----------------------------------------------------------------------------- the test-split evaluator
