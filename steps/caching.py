@@ -13,4 +13,6 @@ def fresh_key() -> str:
     return uuid.uuid4().hex
 
 
-NEVER_CACHED = dict(enable_cache=False, cache_policy=CachePolicy(cache_func=fresh_key))
+# By source path, not the function: resolving a function needs ZenML's source root, which an
+# importer without one (a pytest-xdist worker, python -c) lacks; the path is loaded at run time.
+NEVER_CACHED = dict(enable_cache=False, cache_policy=CachePolicy(cache_func=f"{__name__}.fresh_key"))
