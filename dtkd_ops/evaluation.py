@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, Union
@@ -28,7 +26,8 @@ import pandas as pd
 from dtkd.config import EvalConfig
 from dtkd.data import DataConfig, ViewSpec, class_names, manifest_fingerprint, num_classes_of
 from dtkd.eval import EvalResult
-from dtkd.eval.complexity import count_params, fixed_threads
+from dtkd.eval.complexity import count_params
+from dtkd.eval.complexity import latency_ms as core_latency_ms
 from dtkd_ops._io import read_manifest
 from dtkd_ops.registry import TAG_INPUT_SPEC, ModelVersionRef
 
@@ -135,29 +134,12 @@ def _predict(model, loader, device, view, averaged):
 
 def latency_ms(models: Sequence[Any], input_shapes: Sequence[Sequence[int]], *, warmup: int, repeats: int,
                threads: int, device: str = "cpu") -> list[float]:
-    """Median milliseconds of one forward pass per model, timed interleaved in this process."""
+    """Median milliseconds of one forward pass per model on a zero clip of its own input shape,
+    timed interleaved in this process (dtkd.eval.complexity.latency_ms)."""
     import torch
 
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     inputs = [torch.zeros(tuple(int(s) for s in shape), device=device) for shape in input_shapes]
-    states = [m.training for m in models]
-    times: list[list[float]] = [[] for _ in models]
-    try:
-        with fixed_threads(threads), torch.inference_mode():
-            for m in models:
-                m.eval().to(device)
-            for i in range(warmup + repeats):
-                for k, (m, x) in enumerate(zip(models, inputs)):
-                    sync()
-                    t0 = time.perf_counter()
-                    m(x)
-                    sync()
-                    if i >= warmup:
-                        times[k].append((time.perf_counter() - t0) * 1000.0)
-    finally:
-        for m, was_training in zip(models, states):
-            m.train(was_training)
-    return [float(statistics.median(t)) for t in times]
+    return core_latency_ms([m.to(device) for m in models], inputs, warmup=warmup, repeats=repeats, threads=threads)
 
 
 # ----------------------------------------------------------------------------- the test-split evaluator

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
+import time
 import warnings
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +23,37 @@ def fixed_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def latency_ms(predictors: Sequence[Callable[[torch.Tensor], Any]], inputs: Sequence[torch.Tensor], *,
+               warmup: int = 1, repeats: int = 5, threads: Optional[int] = None) -> list[float]:
+    """Median wall-clock milliseconds of one call of each predictor on its input, timed interleaved
+    (A, B, A, B, ...) so a busy neighbour slows every predictor alike, at ``threads`` torch threads
+    (None: as set). ``nn.Module`` predictors run in eval mode and get their mode back; CUDA work is
+    synchronised around each call. The one timer of the evaluate step, the gate and the exporter."""
+    if len(predictors) != len(inputs):
+        raise ValueError(f"{len(predictors)} predictors but {len(inputs)} inputs")
+    cuda = any(x.is_cuda for x in inputs)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    modules = [m for m in predictors if isinstance(m, nn.Module)]
+    modes = [m.training for m in modules]
+    times: list[list[float]] = [[] for _ in predictors]
+    try:
+        with fixed_threads(threads or torch.get_num_threads()), torch.inference_mode():
+            for m in modules:
+                m.eval()
+            for i in range(warmup + repeats):
+                for k, (predict, x) in enumerate(zip(predictors, inputs)):
+                    sync()
+                    t0 = time.perf_counter()
+                    predict(x)
+                    sync()
+                    if i >= warmup:
+                        times[k].append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        for m, was_training in zip(modules, modes):
+            m.train(was_training)
+    return [float(statistics.median(t)) for t in times]
 
 
 def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -67,11 +100,10 @@ def inference_cost(model: nn.Module, input_shape: Sequence[int], *, flops: bool 
     """What one clip costs at inference: ``params``, ``gflops`` (fvcore; left out with
     ``flops=False``) and ``latency_ms`` (median of ``repeats`` forwards after ``warmup``). The one
     measurement the evaluate step, the promotion gate and the benchmarks share."""
-    from dtkd.eval.metrics import measure_latency_ms
-
     model = model.eval().to(device)
     cost = {"params": float(count_params(model))}
     if flops:
         cost["gflops"] = float(count_flops(model, input_shape))
-    cost["latency_ms"] = measure_latency_ms(model, input_shape, warmup=warmup, repeats=repeats, device=device)
+    clip = torch.zeros(tuple(input_shape), device=device)
+    cost["latency_ms"] = latency_ms([model], [clip], warmup=warmup, repeats=repeats)[0]
     return cost

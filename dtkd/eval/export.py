@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Union
 import torch
 from torch import nn
 
-from dtkd.eval.complexity import fixed_threads
+from dtkd.eval.complexity import latency_ms as interleaved_latency_ms
 
 # torchlib (onnxscript's ATen -> ONNX library) is written at opset 18: asking for it means no
 # version conversion pass; onnxruntime >= 1.14 runs it.
@@ -240,18 +238,9 @@ def latency_ms(models: Mapping[str, Predictor], clip_shape: Iterable[int], *, th
     if odd:
         raise ValueError(f"onnxruntime sessions opened with other thread counts than {threads}: {odd}")
     clip = torch.zeros(shape)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with fixed_threads(threads), torch.inference_mode():
-        for m in models.values():
-            if isinstance(m, nn.Module):
-                m.eval()
-        for i in range(warmup + repeats):
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                m(clip)
-                if i >= warmup:
-                    times[name].append((time.perf_counter() - t0) * 1000.0)
-    return {name: float(statistics.median(t)) for name, t in times.items()}
+    times = interleaved_latency_ms(list(models.values()), [clip] * len(models), warmup=warmup, repeats=repeats,
+                                   threads=threads)
+    return dict(zip(models, times))
 
 
 # ----------------------------------------------------------------------------- int8

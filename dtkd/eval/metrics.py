@@ -76,25 +76,3 @@ def evaluate(
     support = confusion.sum(axis=1)
     per_class = [float(confusion[i, i] / s) if s else float("nan") for i, s in enumerate(support)]
     return EvalResult(correct1 / n, correct5 / n, loss_sum / n, n, confusion, per_class)
-
-
-def measure_latency_ms(
-    model: nn.Module, input_shape, *, warmup: int = 1, repeats: int = 5, device: str | torch.device = "cpu"
-) -> float:
-    """Median wall-clock milliseconds of one forward pass of a zero input of ``input_shape``."""
-    import statistics
-    import time
-
-    model = model.eval().to(device)
-    x = torch.zeros(tuple(input_shape), device=device)
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            sync()
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000.0)
-    return float(statistics.median(times))
