@@ -152,18 +152,14 @@ def _check_clips(package: Package):
 
 
 def _max_abs_diff(reference, candidate, clips, what: str) -> float:
-    import torch
+    """The core's export parity check (dtkd.eval.export.parity: max abs logit difference and top-1
+    agreement on the same clips), as a PackagingError naming ``what``."""
+    from dtkd.eval.export import ParityError, parity
 
-    with torch.no_grad():
-        want, got = reference(clips), candidate(clips)
-    if tuple(got.shape) != tuple(want.shape):
-        raise PackagingError(f"{what} returns {tuple(got.shape)} for a batch of {clips.shape[0]} clips, "
-                             f"the eager model {tuple(want.shape)} (is the batch dimension dynamic?)")
-    diff = float((got.float() - want.float()).abs().max())
-    if not diff <= MAX_ABS_DIFF:
-        raise PackagingError(f"{what} does not reproduce the eager model: max abs logit difference "
-                             f"{diff:.3g} > {MAX_ABS_DIFF:g} on {clips.shape[0]} clips; not registered")
-    return diff
+    try:
+        return parity(reference, candidate, [clips], format=what, atol=MAX_ABS_DIFF).check().max_abs_diff
+    except ParityError as err:
+        raise PackagingError(f"{err}; not registered") from None
 
 
 def rebuild(architecture: Mapping[str, Any], state_dict: Mapping[str, Any]):

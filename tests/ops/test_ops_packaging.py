@@ -83,7 +83,7 @@ def test_verify_names_the_difference_when_the_loaded_model_predicts_otherwise():
         def forward(self, x):
             return self.inner(x[:packaging.EXAMPLE_BATCH])
 
-    with pytest.raises(packaging.PackagingError, match="is the batch dimension dynamic"):
+    with pytest.raises(packaging.PackagingError, match="is the batch axis dynamic"):
         packaging.verify_loaded(package, FixedBatch(package.model))
 
 
