@@ -33,12 +33,12 @@ def register_student(
     teachers: dict | None = None,
 ) -> Annotated[dict, "promotion_decision"]:
     name = registry.student_name
-    tracking_uri()  # the stack's registry, credentials and champion lock (steps/stack.py)
+    store = mlflow_registry.ModelRegistry(tracking_uri())  # the stack's registry (steps/stack.py)
     with tempfile.TemporaryDirectory() as tmp:
         # The test clips go with the candidate, so `dtkd gate` judges it on exactly these.
         test_manifest = Path(tmp) / Path(TEST_MANIFEST_ARTIFACT).name
         manifest[manifest["split"] == "test"].to_parquet(test_manifest, index=False)
-        candidate = mlflow_registry.register_candidate(
+        candidate = store.register_candidate(
             student,
             registered_name=name,
             metrics=test_metrics,
@@ -51,7 +51,8 @@ def register_student(
 
     evaluator = TestSplitEvaluator(manifest, evaluation=evaluation, data=data, device=str(default_device()),
                                    input_shape=gate.latency.input_shape)
-    decision = promotion.promote_if_better(name, candidate.version, evaluator, gate, dry_run=not registry.auto_promote)
+    decision = promotion.promote_if_better(name, candidate.version, evaluator, gate, registry=store,
+                                           dry_run=not registry.auto_promote)
     log_metadata(metadata={"version": candidate.version, "promoted": decision.promoted, "decision": decision.tag,
                            "report": decision.report})
     print(decision.report)

@@ -23,14 +23,15 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
              gate: promotion.GateConfig) -> nn.Module:
     role, ref = stage.role, stage.model
     registered_name = f"{registry.teacher_prefix}-{role}"
+    store = mlflow_registry.ModelRegistry(tracking_uri())  # the stack's registry (steps/stack.py)
     if ref.source == "registry":
-        teacher = mlflow_registry.load_model(registered_name, ref.registry_alias)
+        teacher = store.load_model(registered_name, ref.registry_alias)
         log_metadata(metadata={"source": f"models:/{registered_name}@{ref.registry_alias}"})
         return teacher.eval()
 
-    stage = stage.model_copy(update={"model": resolve_ref(ref, tracking_uri=tracking_uri())})
+    stage = stage.model_copy(update={"model": resolve_ref(ref, tracking_uri=store.tracking_uri)})
     job, metrics = fit_and_test(stage, manifest, f"{role}_teacher")
-    version = mlflow_registry.register_candidate(
+    version = store.register_candidate(
         job.model,
         registered_name=registered_name,
         metrics=metrics,
@@ -46,14 +47,14 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
     # teacher never becomes `champion`, and this run distils from the champion instead.
     teacher_gate = gate.model_copy(update={"max_params": None, "max_latency_ms": None})
     evaluator = TestSplitEvaluator(manifest, evaluation=stage.evaluation, data=stage.data, device=str(default_device()))
-    decision = promotion.promote_if_better(registered_name, version.version, evaluator, teacher_gate)
+    decision = promotion.promote_if_better(registered_name, version.version, evaluator, teacher_gate, registry=store)
     print(decision.report)
     print(f"gate decision for {registered_name} v{version.version}: {decision.tag}")
     log_metadata(metadata={"test_top1": metrics["top1"], "registered": f"{registered_name} v{version.version}",
                            "gate_decision": decision.tag})
     if decision.outcome == promotion.WORSE:
         print(f"{role} teacher: distilling from the champion {registered_name}@champion, not from v{version.version}")
-        return mlflow_registry.load_model(registered_name, "champion").eval()
+        return store.load_model(registered_name, "champion").eval()
     return job.model
 
 
