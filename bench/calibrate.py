@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--train-scale", type=float, nargs=2, default=[0.7, 1.0])
     p.add_argument("--seed", type=int, default=0, help="initialisation and augmentation seed")
+    p.add_argument("--overrides", type=json.loads, default={},
+                   help='model builder options as JSON, e.g. \'{"patch_stride": [1, 2, 2]}\'')
+    p.add_argument("--warmup-epochs", type=float, default=1)
     p.add_argument("--data-root", type=Path, default=REPO / "data" / "bench_calibrate")
     args = p.parse_args(argv)
 
@@ -65,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = prepare_manifest(data)
     prepare_store(data, manifest)
     data_s = time.perf_counter() - start
-    ref = TeacherConfig(name=args.model, frames=args.frames, sampling_rate=args.rate, crop_size=args.size)
+    ref = TeacherConfig(name=args.model, frames=args.frames, sampling_rate=args.rate, crop_size=args.size,
+                        overrides=args.overrides)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adamw", lr=args.lr,
-                      weight_decay=args.weight_decay, scheduler="cosine", warmup_epochs=1, grad_clip=5.0,
+                      weight_decay=args.weight_decay, scheduler="cosine", warmup_epochs=args.warmup_epochs, grad_clip=5.0,
                       seed=args.seed)
     start = time.perf_counter()
     stage = TeacherStage(role="cnn", model=ref, train=cfg, data=data, evaluation=EvalConfig())

@@ -2,7 +2,7 @@
 pytorchvideo, and a CPU-sized MViTv2-style teacher built from torchvision's MViT class."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 from torchvision.models import video as tv_video  # Swin3D builders
@@ -15,11 +15,12 @@ from dtkd.models.spec import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETIC
 _TV = "torchvision"
 
 
-def _check_mvit_input(name: str, frames: int, crop_size: int) -> None:
-    # MViT's positional grid is fixed at build time from (frames/2, crop/4); the clip must tile it.
-    if frames % 2 or crop_size % 4:
-        raise ValueError(f"{name}: frames must be even and crop_size a multiple of 4 "
-                         f"(patch stride 2x4x4), got frames={frames}, crop_size={crop_size}")
+def _check_mvit_input(name: str, frames: int, crop_size: int, patch_stride=(2, 4, 4)) -> None:
+    # MViT's positional grid is fixed at build time from (frames, crop) / patch stride; the clip must tile it.
+    st, ss = patch_stride[0], patch_stride[1]
+    if frames % st or crop_size % ss:
+        raise ValueError(f"{name}: frames must be a multiple of {st} and crop_size of {ss} "
+                         f"(patch stride {st}x{ss}x{ss}), got frames={frames}, crop_size={crop_size}")
 
 
 def _vit_spec(name, frames, rate, crop, *, tap, layout, dim, head, url, published, mean, std,
@@ -51,13 +52,14 @@ def mvit_v2_blocks(dims=(96, 192, 384, 768), depths=(1, 2, 11, 2), heads=(1, 2, 
 
 
 def _mvit_v2(num_classes: int, blocks, *, frames: int, crop_size: int, dropout: float,
-             stochastic_depth_prob: float) -> MViT:
+             stochastic_depth_prob: float, patch_stride=(2, 4, 4)) -> MViT:
     # torchvision's mvit_v2_s switches: relative positions, residual pooling, projection after
     # attention, no class-token residual. Built from the class so any clip size can be set.
     return MViT(
         spatial_size=(crop_size, crop_size), temporal_size=frames, block_setting=blocks,
         residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True,
         dropout=dropout, stochastic_depth_prob=stochastic_depth_prob, num_classes=num_classes,
+        patch_embed_stride=tuple(patch_stride),
     )
 
 
@@ -87,10 +89,36 @@ _TINY_BLOCKS = mvit_v2_blocks(dims=(32, 64, 128), depths=(1, 2, 2), heads=(1, 2,
     desc=f"CPU-sized MViTv2 ({len(_TINY_BLOCKS)} blocks, widths 32-64-128)",
 ))
 def mvit_tiny(num_classes: int, *, frames: int, crop_size: int, dropout: Optional[float] = None,
-              stochastic_depth_prob: float = 0.0) -> nn.Module:
-    _check_mvit_input("mvit_tiny", frames, crop_size)
-    return _mvit_v2(num_classes, _TINY_BLOCKS, frames=frames, crop_size=crop_size,
-                    dropout=0.2 if dropout is None else dropout, stochastic_depth_prob=stochastic_depth_prob)
+              stochastic_depth_prob: float = 0.0, patch_stride: Sequence[int] = (2, 4, 4),
+              stem: str = "patch") -> nn.Module:
+    """``patch_stride`` (t, h, w) of the patch embedding: (1, 2, 2) keeps 4x the tokens of a small
+    clip (at 8x32^2: 8x16x16 -> 8x8x8 -> 8x4x4), for a ViT on low-resolution video.
+    ``stem``: ``patch`` (MViTv2's one 3x7x7 convolution) or ``conv`` (a stack of 3x3x3
+    convolutions with the same total stride, Xiao et al. 2021, "Early Convolutions Help
+    Transformers See Better": steadier optimisation of a ViT trained from little data)."""
+    _check_mvit_input("mvit_tiny", frames, crop_size, patch_stride)
+    model = _mvit_v2(num_classes, _TINY_BLOCKS, frames=frames, crop_size=crop_size,
+                     dropout=0.2 if dropout is None else dropout, stochastic_depth_prob=stochastic_depth_prob,
+                     patch_stride=patch_stride)
+    if stem == "conv":
+        model.conv_proj = conv_stem(model.conv_proj.out_channels, patch_stride)
+    elif stem != "patch":
+        raise ValueError(f"mvit_tiny: stem must be 'patch' or 'conv', got {stem!r}")
+    return model
+
+
+def conv_stem(dim: int, stride: Sequence[int]) -> nn.Sequential:
+    """3x3x3 convolutions (BN, ReLU) whose strides multiply to ``stride``, halving space per layer,
+    then a 1x1x1 projection to ``dim`` (Xiao et al. 2021 Sec. 3, for video: time is strided in the
+    first layer that has temporal stride left)."""
+    layers, width, t_left, s_left = [], 3, stride[0], stride[1]
+    out = max(8, dim // 2)
+    while s_left > 1 or t_left > 1:
+        st, ss = (2 if t_left > 1 else 1), (2 if s_left > 1 else 1)
+        layers += [nn.Conv3d(width, out, 3, (st, ss, ss), 1, bias=False), nn.BatchNorm3d(out), nn.ReLU(inplace=True)]
+        width, t_left, s_left = out, t_left // st, s_left // ss
+    layers.append(nn.Conv3d(width, dim, 1))
+    return nn.Sequential(*layers)
 
 
 # ---- MViT-B (pytorchvideo) ----------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_overrides_change_the_model():
 
 
 def test_mvit_rejects_a_clip_that_does_not_tile_its_patch_grid():
-    with pytest.raises(ValueError, match="frames must be even"):
+    with pytest.raises(ValueError, match="frames must be a multiple of 2"):
         models.build("mvit_tiny", 5, frames=7)
 
 
@@ -126,3 +126,17 @@ def test_swin_head_dropout_keeps_checkpoint_key_names():
     x = torch.randn(2, dropped.head.in_features)
     dropped.head.eval()
     torch.testing.assert_close(dropped.head(x), nn.functional.linear(x, dropped.head.weight, dropped.head.bias))
+
+
+def test_mvit_tiny_conv_stem_keeps_the_patch_grid_and_the_token_tap():
+    """The conv stem replaces MViT's patch embedding with the same total stride: the same token
+    grid, the same tap; its convolutions (not one 3x7x7) do the embedding."""
+    clip = torch.zeros(2, 3, 8, 32, 32)
+    patch = models.build("mvit_tiny", 5, frames=8, crop_size=32).eval()
+    conv = models.build("mvit_tiny", 5, frames=8, crop_size=32, stem="conv").eval()
+    assert patch.conv_proj(clip).shape == conv.conv_proj(clip).shape == (2, 32, 4, 8, 8)
+    strides = [m.stride for m in conv.conv_proj if isinstance(m, nn.Conv3d)]
+    assert strides == [(2, 2, 2), (1, 2, 2), (1, 1, 1)]
+    assert conv(clip).shape == (2, 5)
+    with pytest.raises(ValueError, match="stem must be 'patch' or 'conv', got 'cnn'"):
+        models.build("mvit_tiny", 5, stem="cnn")
