@@ -101,6 +101,20 @@ def resolve_weights(config: DTKDConfig) -> DTKDConfig:
     return config.model_copy(update={"models": config.models.model_copy(update=update)}) if update else config
 
 
+def pretrain_in_study(config: DTKDConfig) -> DTKDConfig:
+    """The config with the registry references (``pretrained: models:/...``) of the roles in
+    ``pretraining.roles`` dropped: the study pretrains those models itself on the corpus (cached
+    like every cell), so it needs no registry and a fresh clone reproduces it with one command."""
+    from dtkd_ops.pretrained import is_registry_uri
+
+    update = {}
+    for key, role in (("student", "student"), ("cnn_teacher", "cnn"), ("vit_teacher", "vit")):
+        ref = getattr(config.models, key)
+        if role in config.pretraining.roles and is_registry_uri(ref.pretrained):
+            update[key] = ref.model_copy(update={"pretrained": None})
+    return config.model_copy(update={"models": config.models.model_copy(update=update)}) if update else config
+
+
 def check_validation(manifest) -> None:
     if not (manifest["split"] == "val").any():
         raise SystemExit("the study chooses on a validation split and the target manifest has none: set "
@@ -130,11 +144,13 @@ def prepare_models(config: DTKDConfig, specs: list[TeacherSpec], manifest, corpu
 # ------------------------------------------------------------------------------ study
 def run_study(config: DTKDConfig, *, tables: list[str], quick: bool = False, seeds: int, jobs: int, threads: int,
               cache_dir: Path, epochs: Optional[int] = None, extra: Optional[dict[str, str]] = None,
-              transfer: bool = False, latency_repeats: int = 20) -> dict[str, Any]:
-    """The whole study; returns everything results.json holds (plots: ``make_plots``)."""
+              transfer: bool = False, latency_repeats: int = 20, pretrained: str = "study") -> dict[str, Any]:
+    """The whole study; returns everything results.json holds (plots: ``make_plots``).
+    ``pretrained``: ``study`` (pretrain the roles of ``pretraining.roles`` here) or ``registry``
+    (use the weights ``make pretrain`` registered)."""
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
-    config = resolve_weights(config)
+    config = resolve_weights(config) if pretrained == "registry" else pretrain_in_study(config)
     config = study_config(config, cache_dir)
     manifest = load_manifest(config.data)
     check_validation(manifest)
@@ -257,6 +273,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--extra-cnn", default=EXTRA_TEACHERS["cnn"], help="Table 7's second CNN (registry name)")
     p.add_argument("--transfer", action="store_true", help="also the few-label rows (16 labels per class): CE, DT-KD, "
                    "and DT-KD on the other train clips as an unlabelled transfer set (distill.transfer_set)")
+    p.add_argument("--pretrained", choices=["study", "registry"], default="study",
+                   help="study: pretrain the models of pretraining.roles here, on the corpus (no registry "
+                        "needed); registry: fine-tune from the weights `make pretrain` registered")
     p.add_argument("--latency-repeats", type=int, default=20, help="Table 8: forwards whose median is the latency")
     args = p.parse_args(argv)
     if args.seeds is None:
@@ -274,7 +293,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     study = run_study(load_config(args.config), tables=args.tables, quick=args.quick, seeds=args.seeds, jobs=args.jobs,
                       threads=args.threads, cache_dir=args.cache_dir, epochs=args.epochs,
-                      extra={"vit": args.extra_vit, "cnn": args.extra_cnn}, transfer=args.transfer,
+                      extra={"vit": args.extra_vit, "cnn": args.extra_cnn}, transfer=args.transfer, pretrained=args.pretrained,
                       latency_repeats=args.latency_repeats)
     study["setup"]["config"] = str(args.config)
     study["plots"] = make_plots(study, args.out_dir)
