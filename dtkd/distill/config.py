@@ -19,7 +19,7 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field("dtkd", description="distiller registry name: none, kd, dkd, at, mgd, rkd, dtkd")
+    method: str = Field("dtkd", description="distiller registry name: none, kd, dkd, at, mgd, rkd, ofa, cakd, dtkd")
 
     # Eq. 14 weights and the DT-KD hyper-parameters.
     alpha: float = Field(1.0, ge=0, description="weight of L_SR (also of the KD baseline's term)")
@@ -75,6 +75,36 @@ class DistillConfig(BaseModel):
     mgd_weight: float = Field(7e-5, ge=0, description="alpha_mgd (Yang et al. use a sum reduction)")
     mgd_mask_ratio: float = Field(0.5, ge=0, lt=1)
     mgd_kernel: int = Field(3, ge=1)
+    # OFA-KD (Hao et al. 2023; the authors' defaults: eps 1, temperature 1, both weights 1).
+    ofa_eps: float = Field(1.0, ge=0, description="OFA's target-enhancement exponent epsilon: (1 + p_t[y])^eps")
+    ofa_tau: float = Field(1.0, gt=0, description="temperature of both softmaxes in the OFA loss (no tau^2 factor)")
+    ofa_weight: float = Field(1.0, ge=0, description="weight of the OFA loss summed over the exit branches")
+    ofa_final_weight: float = Field(1.0, ge=0, description="weight of the OFA loss on the student's own logits")
+    ofa_stages: Optional[list[str]] = Field(
+        None, description="student module names whose outputs get an exit branch (null: the stages before the last "
+        "of an X3D student, blocks.1-3)"
+    )
+    ofa_variant: Literal["paper", "code"] = Field(
+        "paper", description="OFA class weights: the paper's equation, or the authors' code ((p_t + 1_y)^eps - 1_y)"
+    )
+
+    # CAKD (Liu et al. 2022): replacement 0.5 and 3x3 kernels as the paper; the weights 1 and 1 are dtkd's (docs/method.md).
+    cakd_pca_weight: float = Field(1.0, ge=0, description="weight of CAKD's PCA-projector loss (attention map + value relation)")
+    cakd_gl_weight: float = Field(1.0, ge=0, description="weight of CAKD's GL-projector loss (MSE to the teacher's tokens)")
+    cakd_replace_prob: float = Field(
+        0.5, ge=0, le=1, description="probability that each of the student's Q, K, V is the teacher's (partially cross attention)"
+    )
+    cakd_kernel: int = Field(3, ge=1, description="kernel k of the PCA projector's k^3 Q/K/V convolutions (paper: 3x3)")
+    cakd_gl_groups: tuple[int, int, int] = Field(
+        (4, 4, 4), description="blocks of neighbouring teacher tokens along (T, H, W); each block has its own linear map"
+    )
+
+    @field_validator("cakd_gl_groups")
+    @classmethod
+    def _cakd_groups_positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1:
+            raise ValueError(f"needs three positive block counts (T, H, W), got {list(v)}")
+        return v
 
     @field_validator("method")
     @classmethod
@@ -85,9 +115,21 @@ class DistillConfig(BaseModel):
 
     @model_validator(mode="after")
     def _transfer_needs_label_free_terms(self) -> "DistillConfig":
-        if self.transfer_set and self.method in ("none", "dkd"):
-            why = "CE alone learns nothing from them" if self.method == "none" else "DKD splits the target class off"
+        why = {"none": "CE alone learns nothing from them", "dkd": "DKD splits the target class off",
+               "ofa": "its loss needs the label"}.get(self.method)
+        if self.transfer_set and why:
             raise ValueError(f"transfer_set: method {self.method!r} cannot use unlabelled clips ({why})")
+        return self
+
+    @model_validator(mode="after")
+    def _ofa_stages_are_names(self) -> "DistillConfig":
+        if self.ofa_stages is not None:
+            if not self.ofa_stages or any(not s.strip() for s in self.ofa_stages):
+                raise ValueError(
+                    f"ofa_stages: give non-empty module names (or null for the default), got {self.ofa_stages}"
+                )
+            if len(set(self.ofa_stages)) != len(self.ofa_stages):
+                raise ValueError(f"ofa_stages: module names must be unique, got {self.ofa_stages}")
         return self
 
     @model_validator(mode="after")
