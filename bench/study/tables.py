@@ -21,7 +21,8 @@ TITLES = {
     "transfer": "Transfer: few labels, with and without the unlabelled transfer set",
     "tune": "Selection on validation: temperature and the weights of L_SD and L_RKD",
 }
-BASELINES = ("kd-vit", "kd-cnn", "dkd", "at", "mgd", "rkd")  # single-teacher rows the best baseline is chosen from
+# single-teacher rows the best baseline is chosen from (OFA-KD and CAKD: the cross-architecture ones)
+BASELINES = ("kd-vit", "kd-cnn", "dkd", "at", "mgd", "rkd", "ofa", "cakd")
 QUICK_ROWS = ("none", "kd-vit", "kd-cnn", "dtkd")  # CE, both single-teacher KDs (the best, on val), DT-KD
 FEW_LABELS = 16
 CE = Row("none", {"method": "none"})  # every row's reference: the study always runs it
@@ -36,8 +37,8 @@ def table1(base: DistillConfig) -> list[Row]:
     rows = [CE,
             Row("kd-vit", {"method": "kd", "baseline_teacher": "vit", "tau": KD_TAU}),
             Row("kd-cnn", {"method": "kd", "baseline_teacher": "cnn", "tau": KD_TAU})]
-    rows += [Row(m, {"method": m}) for m in ("dkd", "at", "mgd", "rkd", "dtkd")]
-    known = {"none", "kd", "dkd", "at", "mgd", "rkd", "dtkd"}
+    rows += [Row(m, {"method": m}) for m in ("dkd", "at", "mgd", "rkd", "ofa", "cakd", "dtkd")]
+    known = {"none", "kd", "dkd", "at", "mgd", "rkd", "ofa", "cakd", "dtkd"}
     rows += [Row(m, {"method": m}) for m in DISTILLERS.names() if m not in known]
     return rows
 
