@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -81,6 +83,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+@contextmanager
+def one_writer(root: str | Path, what: str = "a directory") -> Iterator[None]:
+    """One process at a time checks and writes ``root``: an exclusive ``flock`` on a sibling
+    ``.<name>.lock`` file for the block. A second writer of the same data (two runs on one data
+    root) waits for the first, then finds its result and reuses it, instead of racing it to the
+    rename of :func:`staged_dir`. The lock file stays (it is empty); the kernel drops the lock
+    when a holder dies."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger(__name__).info("%s (%s) is being written by another process: waiting", root, what)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from dtkd.data.video import read_all_frames
-from dtkd.fsutil import file_sha256, staged_dir
+from dtkd.fsutil import file_sha256, one_writer, staged_dir
 
 FORMAT = "dtkd-clipstore/1"
 INDEX = "index.json"
@@ -150,9 +150,16 @@ def build_store(
     """Decode every manifest video once into a store at `root` and return it.
 
     A store already at `root` built from the same source files and `short_side` is reused.
-    Another store there is replaced only with `overwrite=True`, else FileExistsError.
+    Another store there is replaced only with `overwrite=True`, else FileExistsError. Two
+    processes building one root: the second waits and reuses the first's (fsutil.one_writer).
     """
     root = Path(root).absolute()
+    with one_writer(root, "the clip store"):
+        return _build_store(manifest, root, short_side=short_side, shard_bytes=shard_bytes, overwrite=overwrite)
+
+
+def _build_store(manifest: pd.DataFrame, root: Path, *, short_side: int | None, shard_bytes: int,
+                 overwrite: bool) -> ClipStore:
     if len(manifest) == 0:
         raise ValueError(f"{root}: the manifest is empty; nothing to store")
     if root.exists():

@@ -30,7 +30,7 @@ import numpy as np
 
 from dtkd.data.synthetic_scenes import DIFFICULTY, VOCABULARIES, Nuisance, render_scene
 from dtkd.data.video import write_video
-from dtkd.fsutil import staged_dir
+from dtkd.fsutil import one_writer, staged_dir
 
 GENERATOR_VERSION = 2  # 2: val split (id 3), vocabularies
 META_FILE = "dtkd_synthetic.json"
@@ -128,17 +128,18 @@ def generate_synthetic(
         nuisance = DIFFICULTY[difficulty]
     params = _params(num_classes, counts, frames, size, fps, seed, nuisance, vocabulary)
 
-    if root.exists() and any(root.iterdir()):
-        meta = root / META_FILE
-        if meta.is_file() and json.loads(meta.read_text()) == params:
-            return root
-        if not overwrite:
-            raise FileExistsError(f"{root} exists and was not written by generate_synthetic with "
-                                  "these parameters; pass overwrite=True to replace it")
+    with one_writer(root, "the synthetic dataset"):  # two runs generating one root: one writes
+        if root.exists() and any(root.iterdir()):
+            meta = root / META_FILE
+            if meta.is_file() and json.loads(meta.read_text()) == params:
+                return root
+            if not overwrite:
+                raise FileExistsError(f"{root} exists and was not written by generate_synthetic with "
+                                      "these parameters; pass overwrite=True to replace it")
 
-    with staged_dir(root, "the synthetic dataset") as tmp:
-        _write_tree(tmp, classes, counts, frames, size, fps, seed, nuisance, vocabulary)
-        (tmp / META_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        with staged_dir(root, "the synthetic dataset") as tmp:
+            _write_tree(tmp, classes, counts, frames, size, fps, seed, nuisance, vocabulary)
+            (tmp / META_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return root
 
 

@@ -18,7 +18,6 @@ train on the student's view alone, with the cached outputs handed to every step.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,7 +37,7 @@ from dtkd.data.views import STUDENT_VIEW
 from dtkd.engine import distributed as D
 from dtkd.engine.contract import RunContext, TrainPlan
 from dtkd.engine.sampling import SeededViews, ViewKey
-from dtkd.fsutil import naming_disk_full
+from dtkd.fsutil import naming_disk_full, one_writer
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # 2: keyed on the dataset content and the output shapes
@@ -205,17 +204,8 @@ def _one_builder(directory: Path) -> Iterator[None]:
     if not D.current().is_main:
         yield
         return
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(directory.parent / f".{directory.name}.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("teacher cache %s is being built by another process: waiting for it", directory)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with one_writer(directory, "the teacher cache"):
+        yield
 
 
 @contextmanager

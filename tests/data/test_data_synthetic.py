@@ -109,7 +109,7 @@ def test_existing_root_is_reused_or_refused(tmp_path):
         generate_synthetic(root, seed=1, **SMALL)
     generate_synthetic(root, seed=1, overwrite=True, **SMALL)
     assert json.loads((root / META_FILE).read_text())["seed"] == 1
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".r.lock"]  # no temp dirs left
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -197,3 +197,43 @@ def test_the_two_vocabularies_never_share_a_clip(tmp_path):
     first = class_names(3, "pretrain")[0]
     b = read_frames(corpus / first / f"{first}_0000.avi", range(8)).float()
     assert (a[0] - b[0]).abs().mean() > 5  # different backgrounds from the first frame on
+
+
+def test_a_second_writer_of_one_root_waits_for_the_first_and_reuses_its_dataset(tmp_path):
+    """Two runs on one data root (two `make run`s, a run and `make data`) used to both generate
+    it, the later one swapping the root under the first, which was already reading it. Now a
+    writer holds the root's lock (fsutil.one_writer): a second one waits, then reuses the dataset,
+    so only one staged copy is ever written."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    root = tmp_path / "videos"
+    cmd = [sys.executable, "-m", "dtkd.data.synthetic", "--root", str(root), "--num-classes", "3",
+           "--train", "12", "--test", "4", "--frames", "8", "--size", "32"]
+    staged, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            staged.update(p.name for p in tmp_path.glob(".videos.tmp-*"))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while not staged and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert staged, "the first writer never staged a copy"
+        # The first is writing now: this second writer must wait for it, then reuse its dataset.
+        generate_synthetic(root, num_classes=3, clips_per_class={"train": 12, "test": 4}, frames=8, size=32)
+        out, err = first.communicate(timeout=300)
+    finally:
+        done.set()
+        watcher.join()
+    assert first.returncode == 0, err[-2000:]
+    assert len(staged) == 1, f"two writers staged copies: {sorted(staged)}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".videos.lock", "videos"]  # no staged leftovers
+    assert len(list(root.rglob("*.avi"))) == 3 * 16
