@@ -45,13 +45,14 @@ def delta(cmp: Optional[Mapping[str, Any]]) -> str:
 
 
 def teachers_md(teachers: Mapping[str, dict]) -> list[str]:
-    lines = ["| Teacher | Role | Model | Pretraining corpus test top-1 % | Val top-1 % | Test top-1 % | Note |",
-             "|---|---|---|---:|---:|---:|---|"]
+    lines = ["| Teacher | Role | Model | Pretraining corpus test top-1 % | Train top-1 % | Val top-1 % | Test top-1 % | Note |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
     for tid, t in teachers.items():
         given = (t.get("pretrained") or {}).get("from")
         pre = (f"given weights `{Path(given).name}`" if given else
                _pct(t["pretrained"]["corpus_test_top1"]) if t.get("pretrained") else "not pretrained")
-        lines.append(f"| {tid} | {t['role']} | {t['model']} | {pre} | {_pct(t['val_top1'])} | {_pct(t['test_top1'])} "
+        train = _pct(t["train_top1"]) if t.get("train_top1") is not None else "—"
+        lines.append(f"| {tid} | {t['role']} | {t['model']} | {pre} | {train} | {_pct(t['val_top1'])} | {_pct(t['test_top1'])} "
                      f"| {t.get('note') or ''} |")
     return lines
 

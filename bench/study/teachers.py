@@ -137,10 +137,22 @@ def cached(task: dict[str, Any]) -> Optional[dict]:
     p = plan(task)
     if not p.path.exists():
         return None
-    _, meta = _load(p.path)
+    state, meta = _load(p.path)
     if p.pre is None and p.stage.model.pretrained and not meta.get("pretrained"):  # cached before "from" was kept
         meta["pretrained"] = {"from": p.stage.model.pretrained}
+    if task["spec"].role != "student" and "train_top1" not in meta:  # cached before it was measured
+        model = build_model(p.stage.model.model_copy(update={"pretrained": None}), num_classes_of(task["manifest"]))
+        model.load_state_dict(state)
+        meta["train_top1"] = _train_top1(model.eval(), p.stage, task["manifest"])
+        _save(p.path, state, meta)
     return {**meta, "path": str(p.path), "cached": True}
+
+
+def _train_top1(model, stage, manifest) -> float:
+    """The teacher's top-1 on the clips the student trains on (evaluation protocol): how often its
+    soft targets point at the label there."""
+    return evaluate_model(model, stage.model.view(), manifest, stage.evaluation, stage.data, split="train",
+                          device="cpu").top1
 
 
 def _pretrain(p: Planned, corpus) -> dict:
@@ -176,6 +188,7 @@ def prepare(task: dict[str, Any]) -> dict:
     state = job.model.state_dict()
     meta = {"id": spec.id, "role": spec.role, "model": stage.model.name, "note": spec.note, "key": p.key,
             "state_hash": state_hash(state), "val_top1": val.top1, "test_top1": test.top1, "test_top5": test.top5,
+            "train_top1": _train_top1(job.model, stage, manifest),
             "pretrained": ({"from": stage.model.pretrained} if stage.model.pretrained else None) if pre is None
             else {k: pre[k] for k in ("key", "corpus_test_top1", "seconds")},
             "seconds": time.perf_counter() - t0 + (0.0 if pre is None or pre["cached"] else pre["seconds"])}
