@@ -117,3 +117,22 @@ def make_batch(batch: int = 4, seed: int = 1):
     }
     target = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
     return inputs, target
+
+
+def tiny_zoo(num_classes: int, num_batches: int):
+    """The zoo's CPU models as the tiny setting uses them: student x3d_tiny, teachers mvit_tiny
+    (ViT) and x3d_tiny_m (CNN), seeded, and ``num_batches`` random 3-clip batches of 8x64^2 per
+    view. Returns (student, student spec, teacher refs, batches)."""
+    from dtkd import models
+    from dtkd.distill import TeacherRef
+
+    torch.manual_seed(0)
+    student = models.build("x3d_tiny", num_classes)
+    refs = [
+        TeacherRef("vit", models.build("mvit_tiny", num_classes), models.get_spec("mvit_tiny"), "vit"),
+        TeacherRef("cnn", models.build("x3d_tiny_m", num_classes), models.get_spec("x3d_tiny_m"), "cnn"),
+    ]
+    g = torch.Generator().manual_seed(1)
+    batches = [{k: torch.randn(3, 3, 8, 64, 64, generator=g) for k in ("student", "vit", "cnn")}
+               for _ in range(num_batches)]
+    return student, models.get_spec("x3d_tiny"), refs, batches

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from distill_helpers import TinyCNN, ToyTap, cnn_spec, make_setup
-from dtkd.distill import DISTILLERS, DistillConfig, TeacherRef, build_distiller
+from distill_helpers import TinyCNN, ToyTap, cnn_spec, make_setup, tiny_zoo
+from dtkd.distill import DISTILLERS, DistillConfig, build_distiller
 from dtkd.distill.losses.ofa import OFALoss, ofa_class_weights, ofa_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")  # pytorchvideo
@@ -164,15 +164,8 @@ N = 5
 
 @pytest.fixture(scope="module")
 def zoo():
-    torch.manual_seed(0)
-    student = models.build("x3d_tiny", N)
-    refs = [
-        TeacherRef("vit", models.build("mvit_tiny", N), models.get_spec("mvit_tiny"), "vit"),
-        TeacherRef("cnn", models.build("x3d_tiny_m", N), models.get_spec("x3d_tiny_m"), "cnn"),
-    ]
-    g = torch.Generator().manual_seed(1)
-    batch = {k: torch.randn(3, 3, 8, 64, 64, generator=g) for k in ("student", "vit", "cnn")}
-    return student, models.get_spec("x3d_tiny"), refs, batch
+    student, spec, refs, (batch,) = tiny_zoo(N, 1)
+    return student, spec, refs, batch
 
 
 def make(zoo, **cfg):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 models = pytest.importorskip("dtkd.models")
-from dtkd.distill import DistillConfig, TeacherRef, build_distiller  # noqa: E402
+from distill_helpers import tiny_zoo  # noqa: E402
+from dtkd.distill import DistillConfig, build_distiller  # noqa: E402
 
 N = 5
 # Two 3-clip batches give too few locations for a 432-channel ridge fit; that is expected here.
@@ -22,17 +23,7 @@ METHODS = ["none", "kd", "dkd", "at", "mgd", "rkd", "dtkd"]
 
 @pytest.fixture(scope="module")
 def zoo():
-    torch.manual_seed(0)
-    student = models.build("x3d_tiny", N)
-    refs = [
-        TeacherRef("vit", models.build("mvit_tiny", N), models.get_spec("mvit_tiny"), "vit"),
-        TeacherRef("cnn", models.build("x3d_tiny_m", N), models.get_spec("x3d_tiny_m"), "cnn"),
-    ]
-    g = torch.Generator().manual_seed(1)
-    batches = [
-        {k: torch.randn(3, 3, 8, 64, 64, generator=g) for k in ("student", "vit", "cnn")} for _ in range(2)
-    ]
-    return student, models.get_spec("x3d_tiny"), refs, batches
+    return tiny_zoo(N, 2)
 
 
 def make(zoo, method, **cfg):
