@@ -136,3 +136,18 @@ def tiny_zoo(num_classes: int, num_batches: int):
     batches = [{k: torch.randn(3, 3, 8, 64, 64, generator=g) for k in ("student", "vit", "cnn")}
                for _ in range(num_batches)]
     return student, models.get_spec("x3d_tiny"), refs, batches
+
+
+class TinyClips(torch.utils.data.Dataset):
+    """``n`` random 8x64x64 clips, the same tensor for every view of ``views``, labels 0..num_classes-1."""
+
+    def __init__(self, n: int, num_classes: int, views=("student", "vit", "cnn")) -> None:
+        g = torch.Generator().manual_seed(2)
+        self.x = torch.randn(n, 3, 8, 64, 64, generator=g)
+        self.num_classes, self.views = num_classes, tuple(views)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"inputs": {k: self.x[i] for k in self.views}, "label": i % self.num_classes, "index": i}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from distill_helpers import TinyCNN, ToyTap, cnn_spec, make_setup, tiny_zoo
+from distill_helpers import TinyClips, TinyCNN, ToyTap, cnn_spec, make_setup, tiny_zoo
 from dtkd.distill import DISTILLERS, DistillConfig, build_distiller
 from dtkd.distill.losses.ofa import OFALoss, ofa_class_weights, ofa_loss
 
@@ -228,18 +228,6 @@ def test_vit_student_is_refused_clearly(zoo):
         build_distiller(DistillConfig(method="ofa"), vit_student, models.get_spec("mvit_tiny"), refs)
 
 
-class _Clips(torch.utils.data.Dataset):
-    def __init__(self, n: int) -> None:
-        g = torch.Generator().manual_seed(2)
-        self.x = torch.randn(n, 3, 8, 64, 64, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"inputs": {"student": self.x[i], "vit": self.x[i]}, "label": i % N, "index": i}
-
-
 def test_one_epoch_of_ofa_with_the_trainer(zoo, tmp_path):
     from dtkd.engine import History, Trainer, TrainConfig
     from dtkd.engine.sampling import SeededViews
@@ -247,7 +235,7 @@ def test_one_epoch_of_ofa_with_the_trainer(zoo, tmp_path):
     d = make(zoo)
     before = {k: v.clone() for k, v in d.exits.state_dict().items()}
     result = Trainer(d, TrainConfig(epochs=1, batch_size=3), progress=False, checkpoint_dir=tmp_path,
-                     callbacks=[History()]).fit(SeededViews(_Clips(6)))
+                     callbacks=[History()]).fit(SeededViews(TinyClips(6, N, ("student", "vit"))))
     terms = {k for k in result.history[0] if k.startswith("train_loss/")}
     assert {"train_loss/ce", "train_loss/ofa", "train_loss/ofa_exits"} <= terms
     assert all(math.isfinite(result.history[0][k]) for k in terms)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 models = pytest.importorskip("dtkd.models")
-from distill_helpers import tiny_zoo  # noqa: E402
+from distill_helpers import TinyClips, tiny_zoo  # noqa: E402
 from dtkd.distill import DistillConfig, build_distiller  # noqa: E402
 
 N = 5
@@ -66,20 +66,6 @@ def test_sd_reaches_the_x3d_backbone_and_cache_matches(zoo):
     torch.testing.assert_close(cached.losses["sd"], live.losses["sd"])
 
 
-class _Clips(torch.utils.data.Dataset):
-    """Random 8x64x64 clips for every view, labels 0..N-1."""
-
-    def __init__(self, n: int) -> None:
-        g = torch.Generator().manual_seed(2)
-        self.x = torch.randn(n, 3, 8, 64, 64, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"inputs": {k: self.x[i] for k in ("student", "vit", "cnn")}, "label": i % N, "index": i}
-
-
 def test_a_method_without_teachers_caches_nothing_but_sees_the_same_views(zoo, tmp_path):
     # `none` given teachers (as bench/methods.py does for every row) with teacher_cache_views set:
     # nothing to cache, so train CE-only instead of failing, on the same 2 fixed views per clip as
@@ -96,7 +82,7 @@ def test_a_method_without_teachers_caches_nothing_but_sees_the_same_views(zoo, t
             return super().__getitem__(key)
 
     result = Trainer(d, TrainConfig(epochs=3, batch_size=3), progress=False, checkpoint_dir=tmp_path,
-                     callbacks=[History()]).fit(Spy(_Clips(6)))
+                     callbacks=[History()]).fit(Spy(TinyClips(6, N)))
     assert not (tmp_path / "teacher_cache").exists()
     assert set(k for k in result.history[0] if k.startswith("train_loss/")) == {"train_loss/ce"}
     assert {v for _, v in seen} == {0, 1}  # 3 epochs, yet only views 0 and 1 of each clip
