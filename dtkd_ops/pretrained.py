@@ -10,6 +10,8 @@ Kinetics checkpoint (a path or URL) and none of this is involved.
 """
 from __future__ import annotations
 
+import hashlib
+
 import io
 import re
 from pathlib import Path
@@ -68,11 +70,15 @@ def resolve_ref(ref: Ref, *, tracking_uri: Optional[str] = None, cache_dir: Opti
 
 
 def fetch_weights(uri: str, *, tracking_uri: Optional[str] = None, cache_dir: Optional[Path] = None) -> Path:
-    """The state dict of the registered model ``uri`` as a local file (downloaded once per version)."""
+    """The state dict of the registered model ``uri`` as a local file (downloaded once per version).
+    The file is named by the version's logged model too: two registries (the local stack and the
+    team server, a registry rebuilt after `make clean`) each have their own `v1`, and a file named
+    by name and number alone would hand one registry's weights to the other."""
     import torch
 
     version = _version(uri, tracking_uri)
-    path = Path(cache_dir or dtkd_home() / "pretrained") / f"{version.name}-v{version.version}.pt"
+    ident = hashlib.sha256(f"{version.model_uri}|{version.run_id}".encode()).hexdigest()[:12]
+    path = Path(cache_dir or dtkd_home() / "pretrained") / f"{version.name}-v{version.version}-{ident}.pt"
     if not path.is_file():
         model = ModelRegistry(tracking_uri).load_model(version.name, version.version)
         buffer = io.BytesIO()

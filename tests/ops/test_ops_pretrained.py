@@ -1,6 +1,8 @@
 """Pretrained weights by registry reference: pin the alias, fetch the state dict, load it in the core."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,7 +51,7 @@ def test_alias_is_pinned_to_its_version_and_the_weights_load_into_a_model_of_ano
     assert cfg.models.student.pretrained is None
 
     ref = resolve_ref(cfg.models.cnn_teacher, tracking_uri=uri, cache_dir=tmp_path / "cache")
-    assert ref.pretrained == str(tmp_path / "cache" / f"{NAME}-v2.pt")
+    assert Path(ref.pretrained).parent == tmp_path / "cache" and Path(ref.pretrained).name.startswith(f"{NAME}-v2-")
     teacher = build_model(ref, num_classes=3)  # the task has 3 classes, the corpus 5: a new head
     expected = second.state_dict()
     for key, value in teacher.state_dict().items():
@@ -83,3 +85,19 @@ def test_the_pretrain_key_names_the_pretraining_not_where_the_corpus_lies():
     longer = stage.model_copy(update={"train": stage.train.model_copy(update={"epochs": 99})})
     assert pretrain_key(moved, rows) == pretrain_key(stage, rows) != pretrain_key(longer, rows)
     assert pretrain_key(stage, rows.assign(label=["y"])) != pretrain_key(stage, rows)
+
+
+def test_two_registries_with_the_same_version_number_never_share_a_weights_file(tmp_path):
+    """The local stack and the team server (or a registry rebuilt after `make clean`) each have a
+    `dtkd-pretrained-cnn` v1; the fetched file was named by name and number only, so the second
+    registry got the first one's weights."""
+    cache = tmp_path / "cache"
+    fetched = {}
+    for seed, where in ((0, "local"), (1, "team")):
+        uri = sqlite_uri(tmp_path / where / "mlflow.db")
+        model, version = _register(ModelRegistry(uri), seed=seed)
+        assert version.version == 1
+        path = fetch_weights(f"models:/{NAME}/1", tracking_uri=uri, cache_dir=cache)
+        assert torch.equal(torch.load(path)["blocks.0.conv.conv_t.weight"], model.state_dict()["blocks.0.conv.conv_t.weight"])
+        fetched[where] = path
+    assert fetched["local"] != fetched["team"]
