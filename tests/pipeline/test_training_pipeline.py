@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -279,7 +280,8 @@ def test_teachers_are_fine_tuned_from_the_registered_pretrained_backbones(home):
         assert tags["dtkd.role"] == f"pretrained_{role}" and tags["dtkd.data.dvc_hash"] not in ("", "none")
         assert tags["dtkd.pretrain.key"]
         # The alias was pinned to v1 and fetched as a state-dict file the teacher started from.
-        assert result["pretrained_params"][f"{role}_teacher.model.pretrained"].endswith(f"dtkd-pretrained-{role}-v1.pt")
+        fetched = Path(result["pretrained_params"][f"{role}_teacher.model.pretrained"]).name
+        assert re.fullmatch(rf"dtkd-pretrained-{role}-v1-[0-9a-f]{{12}}\.pt", fetched), fetched
 
     # Pretraining again with nothing changed registers nothing new.
     home.zenml_run("pipelines.pretraining.pretraining_pipeline")
