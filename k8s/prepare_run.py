@@ -51,7 +51,7 @@ def fetch_teacher(run_dir: Path, role: str, uri: str, tracking_uri: Optional[str
         return target
     from dtkd_ops.pretrained import fetch_weights
 
-    # Each node fetches into its own cache dir: fetch_weights writes <name>-v<version>.pt, and two
+    # Each node fetches into its own cache dir: fetch_weights writes <name>-v<version>-<id>.pt, and two
     # nodes may resolve the alias to different versions if it moves between their look-ups.
     target.parent.mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
