@@ -18,7 +18,7 @@ on. **Δ** columns are paired: the row's test top-1 minus the reference's, seed 
 with a 95% bootstrap interval over seeds (10,000 resamples of the seeds, fixed RNG). "within
 noise" means that interval contains 0: at this number of seeds the data cannot tell the two rows
 apart. The **best baseline** is the single-teacher method (KD from either teacher, DKD, AT, MGD,
-RKD) with the highest mean *validation* top-1; the test figures never choose it. With few seeds
+RKD, OFA-KD, CAKD) with the highest mean *validation* top-1; the test figures never choose it. With few seeds
 the intervals are wide and the percentile bootstrap is optimistic (it cannot see more spread than
 the seeds show)."""
 
