@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.methods import cpu_model  # noqa: E402
 from dtkd import assemble, models  # noqa: E402
 from dtkd.config import EvalConfig  # noqa: E402
 from dtkd.data import DataConfig, ViewSpec, build_manifest, num_classes_of  # noqa: E402
@@ -102,14 +102,6 @@ def measure(key: str, manifest, num_classes: int, args, tmp: Path) -> dict:
             "latency_ratio_to_pytorch": {k: v / latency["pytorch"] for k, v in latency.items()}}
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - only a label
-        return "unknown CPU"
-
-
 def table(results: dict) -> str:
     lines = ["| model (input) | format | max abs logit diff | top-1 agreement | latency ms (median) | x PyTorch |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -141,7 +133,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         manifest, source = load_manifest(Path(args.manifest), tmp)
         test = manifest[manifest["split"] == "test"].reset_index(drop=True)
-        results = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+        results = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": cpu_model(),
                    "torch": torch.__version__, "threads": args.threads, "warmup": args.warmup,
                    "repeats": args.repeats, "opset": args.opset, "clips_from": source,
                    "command": "bench/export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
