@@ -83,36 +83,43 @@ def load_manifest(data_cfg) -> Any:
     return manifest
 
 
-def resolve_weights(config: DTKDConfig) -> DTKDConfig:
-    """The config with every registry reference (``pretrained: models:/name@alias``, what
-    ``pipelines.pretraining`` registered) replaced by the weights file it names, as the training
-    pipeline's steps do: a teacher that has weights is fine-tuned from them, not pretrained again."""
-    from dtkd_ops.home import tracking_uri
-    from dtkd_ops.pretrained import is_registry_uri, resolve_ref
-
-    update = {}
-    for key in ("student", "cnn_teacher", "vit_teacher"):
-        ref = getattr(config.models, key)
-        if is_registry_uri(ref.pretrained):
-            try:
-                update[key] = resolve_ref(ref, tracking_uri=tracking_uri())
-            except ValueError as err:
-                raise SystemExit(f"models.{key}.pretrained: {err}") from None
-    return config.model_copy(update={"models": config.models.model_copy(update=update)}) if update else config
-
-
-def pretrain_in_study(config: DTKDConfig) -> DTKDConfig:
-    """The config with the registry references (``pretrained: models:/...``) of the roles in
-    ``pretraining.roles`` dropped: the study pretrains those models itself on the corpus (cached
-    like every cell), so it needs no registry and a fresh clone reproduces it with one command."""
+def _with_registry_refs(config: DTKDConfig, replace) -> DTKDConfig:
+    """The config with each model whose ``pretrained`` is a registry reference
+    (``models:/name@alias``) passed through ``replace(key, role, ref)``; None keeps it."""
     from dtkd_ops.pretrained import is_registry_uri
 
     update = {}
     for key, role in (("student", "student"), ("cnn_teacher", "cnn"), ("vit_teacher", "vit")):
         ref = getattr(config.models, key)
-        if role in config.pretraining.roles and is_registry_uri(ref.pretrained):
-            update[key] = ref.model_copy(update={"pretrained": None})
+        new = replace(key, role, ref) if is_registry_uri(ref.pretrained) else None
+        if new is not None:
+            update[key] = new
     return config.model_copy(update={"models": config.models.model_copy(update=update)}) if update else config
+
+
+def resolve_weights(config: DTKDConfig) -> DTKDConfig:
+    """The config with every registry reference (what ``pipelines.pretraining`` registered)
+    replaced by the weights file it names, as the training pipeline's steps do: a teacher that has
+    weights is fine-tuned from them, not pretrained again."""
+    from dtkd_ops.home import tracking_uri
+    from dtkd_ops.pretrained import resolve_ref
+
+    def resolve(key, role, ref):
+        try:
+            return resolve_ref(ref, tracking_uri=tracking_uri())
+        except ValueError as err:
+            raise SystemExit(f"models.{key}.pretrained: {err}") from None
+
+    return _with_registry_refs(config, resolve)
+
+
+def pretrain_in_study(config: DTKDConfig) -> DTKDConfig:
+    """The config with the registry references of the roles in ``pretraining.roles`` dropped: the
+    study pretrains those models itself on the corpus (cached like every cell), so it needs no
+    registry and a fresh clone reproduces it with one command."""
+    roles = config.pretraining.roles
+    return _with_registry_refs(
+        config, lambda key, role, ref: ref.model_copy(update={"pretrained": None}) if role in roles else None)
 
 
 def check_validation(manifest) -> None:
