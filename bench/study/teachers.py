@@ -141,9 +141,8 @@ def cached(task: dict[str, Any]) -> Optional[dict]:
     if p.pre is None and p.stage.model.pretrained and not meta.get("pretrained"):  # cached before "from" was kept
         meta["pretrained"] = {"from": p.stage.model.pretrained}
     if task["spec"].role != "student" and "train_top1" not in meta:  # cached before it was measured
-        model = build_model(p.stage.model.model_copy(update={"pretrained": None}), num_classes_of(task["manifest"]))
-        model.load_state_dict(state)
-        meta["train_top1"] = _train_top1(model.eval(), p.stage, task["manifest"])
+        teacher = load_teacher(p.stage.model.model_copy(update={"pretrained": None}), str(p.path), task["manifest"])
+        meta["train_top1"] = _train_top1(teacher, p.stage, task["manifest"])
         _save(p.path, state, meta)
     return {**meta, "path": str(p.path), "cached": True}
 
