@@ -70,7 +70,7 @@ class DistillConfig(BaseModel):
     dkd_alpha: float = Field(1.0, ge=0)
     dkd_beta: float = Field(8.0, ge=0)
     dkd_warmup_epochs: int = Field(5, ge=0)
-    at_weight: float = Field(500.0, ge=0, description="beta/2 of Zagoruyko's AT with beta = 1000")
+    at_weight: float = Field(7.8125, ge=0, description="beta/2 per squared map distance: Zagoruyko's 1000/2 over their last group's 8x8 locations")
     at_p: float = Field(2.0, gt=0)
     mgd_weight: float = Field(7e-5, ge=0, description="alpha_mgd (Yang et al. use a sum reduction)")
     mgd_mask_ratio: float = Field(0.5, ge=0, lt=1)

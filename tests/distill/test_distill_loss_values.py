@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dtkd.distill.losses import (
@@ -167,8 +168,22 @@ def test_at_loss_matches_numpy():
     def unit(a):
         f = a.reshape(2, 2, -1)
         return f / np.linalg.norm(f, axis=-1, keepdims=True)
-    expected = np.mean((unit(a_s) - unit(a_t)) ** 2)
+    expected = np.mean(((unit(a_s) - unit(a_t)) ** 2).sum(-1))  # summed over H*W, mean over (B, T)
     assert at_loss(t(s), t(te)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_at_loss_does_not_grow_as_the_grid_shrinks():
+    # The same two attention patterns at 8x8 and pooled to 2x2: the per-location mean of the
+    # authors' code would be 16x larger at 2x2 for a similar distance; the sum over locations is not.
+    s = torch.zeros(1, 1, 1, 8, 8)
+    s[..., :4, :] = 1.0  # energy in the top half
+    te = torch.zeros(1, 1, 1, 8, 8)
+    te[..., :, :4] = 1.0  # energy in the left half
+    big = at_loss(s, te).item()
+    small = at_loss(F.avg_pool3d(s, (1, 4, 4)), F.avg_pool3d(te, (1, 4, 4))).item()
+    # hand-computed: unit maps share a quarter of their mass; |q_s - q_t|^2 = 2 - 2 * cos = 2 - 2 * 0.5 = 1
+    assert big == pytest.approx(1.0, rel=1e-5)
+    assert small == pytest.approx(1.0, rel=1e-5)
 
 
 def test_mgd_loss_with_given_mask_matches_numpy():
