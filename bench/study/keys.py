@@ -16,6 +16,9 @@ _LOCATION_KEYS = ("root", "num_workers")  # where the data lies / how it is read
 # so they do not change a key either (a cache stays valid when the library grows an option).
 _ADDED_OFF = {("data", "unlabelled"): None, ("data", "synthetic", "clips_per_class", "unused"): 0,
               ("distill", "transfer_set"): False}
+# A baseline's own knobs (``at_weight``, ``dkd_beta``...) change no number of another method: they
+# are left out of every other method's key, so mending one baseline recomputes only its cells.
+_METHOD_KNOBS = ("dkd", "at", "mgd", "ofa", "cakd")
 
 
 def stage_json(stage) -> dict:
@@ -33,6 +36,12 @@ def stage_json(stage) -> dict:
             parent = parent.get(key, {}) if isinstance(parent, dict) else {}
         if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == off:
             del parent[path[-1]]
+    distill = data.get("distill")
+    if isinstance(distill, dict):
+        for method in _METHOD_KNOBS:
+            if distill.get("method") != method:
+                for knob in [k for k in distill if k.startswith(method + "_")]:
+                    del distill[knob]
     return data
 
 

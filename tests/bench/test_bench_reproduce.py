@@ -119,6 +119,22 @@ def test_cell_key_changes_with_every_input_and_only_then(monkeypatch):
     assert cell_key(stage(), **base) != key  # another torch build
 
 
+def test_a_baselines_own_knob_keys_only_that_baselines_cells():
+    from bench.study.cells import StudyContext, build_stage
+
+    def key(**distill):
+        cfg = validate_config(_tiny())
+        ctx = StudyContext(config=cfg, manifest=None, teachers={}, refs={r: cfg.distill_stage().teachers[r] for r in
+                           ("vit", "cnn")}, cache_dir=None, threads=1)
+        return cell_key(build_stage(ctx, Row("r", distill), 0), teacher_hashes={}, student_init=None, seed=0,
+                        rows="r0", threads=1)
+
+    assert key(method="dtkd") == key(method="dtkd", at_weight=1.0) == key(method="dtkd", dkd_beta=2.0)
+    assert key(method="at") != key(method="at", at_weight=1.0)
+    assert key(method="dkd") != key(method="dkd", dkd_beta=2.0)
+    assert key(method="at", dkd_beta=2.0) == key(method="at")
+
+
 # ------------------------------------------------------------------------------ tiny runs
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
