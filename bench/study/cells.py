@@ -31,12 +31,15 @@ DEFAULT_TEACHERS = (("vit", "vit"), ("cnn", "cnn"))  # (distill-stage role, stud
 @dataclass(frozen=True)
 class Row:
     """One line of a table: a change of the config's distill section and the teachers it uses
-    (role -> study teacher id); ``labels_per_class`` keeps only that many labelled train clips."""
+    (role -> study teacher id); ``labels_per_class`` keeps only that many labelled train clips;
+    ``student_scale`` gives the student a crop of that fraction of the baseline teacher's (the
+    low-resolution student of pixel distillation; 1 or None: the config's student view)."""
 
     name: str
     update: Mapping[str, Any] = field(default_factory=dict)
     teachers: tuple[tuple[str, str], ...] = DEFAULT_TEACHERS
     labels_per_class: Optional[int] = None
+    student_scale: Optional[float] = None
 
 
 @dataclass
@@ -88,8 +91,12 @@ def build_stage(ctx: StudyContext, row: Row, seed: int) -> DistillStage:
     student = base.student
     if ctx.student is not None:
         student = student.model_copy(update={"pretrained": ctx.student["path"]})
+    distill = distill_config(ctx.config.distill, row.update)
+    if row.student_scale not in (None, 1):
+        large = ctx.refs[dict(row.teachers)[distill.baseline_teacher]].view().crop_size
+        student = ModelRef.model_validate({**student.model_dump(), "crop_size": round(row.student_scale * large)})
     data = base.model_dump()
-    data.update(distill=distill_config(ctx.config.distill, row.update).model_dump(),
+    data.update(distill=distill.model_dump(),
                 train=with_epochs(base.train, ctx.epochs, seed).model_dump(),
                 student=student.model_dump(),
                 teachers={role: ctx.refs[tid].model_dump() for role, tid in row.teachers})

@@ -18,7 +18,7 @@ _ADDED_OFF = {("data", "unlabelled"): None, ("data", "synthetic", "clips_per_cla
               ("distill", "transfer_set"): False}
 # A baseline's own knobs (``at_weight``, ``dkd_beta``...) change no number of another method: they
 # are left out of every other method's key, so mending one baseline recomputes only its cells.
-_METHOD_KNOBS = ("dkd", "at", "mgd", "ofa", "cakd")
+_METHOD_KNOBS = ("dkd", "at", "mgd", "ofa", "cakd", "pixelkd")
 
 
 def stage_json(stage) -> dict:

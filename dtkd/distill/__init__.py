@@ -10,6 +10,7 @@ from .features import align_to_grid, global_pool
 from .methods import AT, DKD, DTKD, KD, MGD, RKD, PlainTraining
 from . import methods_ofa  # noqa: F401  registers "ofa" (OFA-KD)
 from . import methods_cakd  # noqa: F401  registers "cakd" (CAKD)
+from . import methods_pixelkd  # noqa: F401  registers "pixelkd" (pixel distillation)
 from .projection import ClosedFormPhi, FeatureMoments
 from .registry import DISTILLERS
 from .sdb import SDB_VARIANTS, NonLocal3d, SqueezeExcite3d, StructureDiscrepancyBranch

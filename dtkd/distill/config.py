@@ -19,7 +19,7 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field("dtkd", description="distiller registry name: none, kd, dkd, at, mgd, rkd, ofa, cakd, dtkd")
+    method: str = Field("dtkd", description="distiller registry name: none, kd, dkd, at, mgd, rkd, ofa, cakd, pixelkd, dtkd")
 
     # Eq. 14 weights and the DT-KD hyper-parameters.
     alpha: float = Field(1.0, ge=0, description="weight of L_SR (also of the KD baseline's term)")
@@ -99,11 +99,35 @@ class DistillConfig(BaseModel):
         (4, 4, 4), description="blocks of neighbouring teacher tokens along (T, H, W); each block has its own linear map"
     )
 
+    # Pixel distillation (Guo et al. 2024): one-stage ISRD; eta 10 is the authors' code at a 2x smaller input (50 at 4x).
+    pixelkd_scale: float = Field(
+        0.5, gt=0, le=1, description="student / large input size in H and W: the student's view crop_size must be this "
+        "fraction of the large view's (checked every step; set it in the stage config); sizes the ISRD decoder"
+    )
+    pixelkd_kd_weight: float = Field(1.0, ge=0, description="weight of the logit KD term (temperature tau)")
+    pixelkd_isrd_weight: float = Field(
+        10.0, ge=0, description="eta: weight of the ISRD L1 between the decoded input-module map and the large clip"
+    )
+    pixelkd_stage: Optional[str] = Field(
+        None, description="student module whose output the ISRD decoder reads (null: the input module, X3D "
+        "blocks.0.conv)"
+    )
+    pixelkd_hr_view: Optional[str] = Field(
+        None, description="view holding the large clip (the ISRD target; null: the baseline teacher's view)"
+    )
+
     @field_validator("cakd_gl_groups")
     @classmethod
     def _cakd_groups_positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
         if min(v) < 1:
             raise ValueError(f"needs three positive block counts (T, H, W), got {list(v)}")
+        return v
+
+    @field_validator("pixelkd_stage", "pixelkd_hr_view")
+    @classmethod
+    def _pixelkd_names(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.strip():
+            raise ValueError("give a non-empty name (or null for the default)")
         return v
 
     @field_validator("method")

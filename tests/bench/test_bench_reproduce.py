@@ -16,7 +16,7 @@ reproduce = load_bench("reproduce")  # puts the repository on sys.path: bench.st
 
 from bench.study import stats  # noqa: E402
 from bench.study.cells import Row, cell_key  # noqa: E402
-from bench.study.tables import KD_TAU, QUICK_ROWS, study_tables, table5, table6, table7  # noqa: E402
+from bench.study.tables import BASELINES, KD_TAU, QUICK_ROWS, study_tables, table5, table6, table7  # noqa: E402
 from dtkd.distill import DistillConfig  # noqa: E402
 
 HEADLINE_KEYS = {"ce", "dtkd", "best_baseline", "best_baseline_name", "delta_ce_ci", "delta_best_ci", "teachers", "seeds"}
@@ -117,6 +117,19 @@ def test_cell_key_changes_with_every_input_and_only_then(monkeypatch):
 
     monkeypatch.setattr(torch, "__version__", torch.__version__ + "+other")
     assert cell_key(stage(), **base) != key  # another torch build
+
+
+def test_the_pixelkd_row_gives_the_student_half_the_teachers_crop():
+    from bench.study.cells import StudyContext, build_stage
+    from bench.study.tables import table1
+
+    cfg = validate_config(_tiny())
+    ctx = StudyContext(config=cfg, manifest=None, teachers={}, refs={r: cfg.distill_stage().teachers[r] for r in
+                       ("vit", "cnn")}, cache_dir=None, threads=1)
+    rows = {r.name: r for r in table1(cfg.distill)}
+    assert build_stage(ctx, rows["pixelkd"], 0).student.crop_size == 16  # 0.5 x the ViT teacher's 32
+    assert build_stage(ctx, rows["dtkd"], 0).student.crop_size == 32
+    assert "pixelkd" not in BASELINES  # its student sees a quarter of the pixels: not a like-for-like baseline
 
 
 def test_a_baselines_own_knob_keys_only_that_baselines_cells():

@@ -27,7 +27,7 @@ def prepared(method="dtkd", **cfg):
 
 
 # Registered methods tested end to end in their own file (tests/distill/test_distill_<name>.py).
-OWN_FILE = ["cakd", "ofa"]
+OWN_FILE = ["cakd", "ofa", "pixelkd"]
 
 
 def test_registry_has_every_method():
