@@ -13,11 +13,13 @@ from dtkd.config import DistillStage
 from dtkd.data import manifest_fingerprint
 from dtkd_ops.pretrained import resolve_ref
 from steps.checkpoints import state_fingerprint, step_checkpoints
+from steps.materializers import ModelMaterializer
 from steps.stack import tracking_uri
 from steps.tracking import TRACKED, MlflowEpochLogger, log_params_flat, numeric_leaves
 
 
-@step(**TRACKED)
+# The student is stored as build recipe + state dict (steps.materializers), never pickled.
+@step(**TRACKED, output_materializers={"student": ModelMaterializer})
 def distill_student(
     manifest: pd.DataFrame, cnn_teacher: nn.Module, vit_teacher: nn.Module, stage: DistillStage
 ) -> tuple[Annotated[nn.Module, "student"], Annotated[list, "distill_diagnostics"]]:

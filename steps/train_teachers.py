@@ -16,6 +16,7 @@ from dtkd_ops.evaluation import TestSplitEvaluator, gate_tags
 from steps.stack import tracking_uri
 from dtkd_ops.pretrained import resolve_ref
 from steps.data_version import lineage_tags
+from steps.materializers import ModelMaterializer
 from steps.tracking import TRACKED, fit_and_test
 
 
@@ -58,13 +59,14 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
     return job.model
 
 
-@step(**TRACKED)
+# Teachers are stored as build recipe + state dict (steps.materializers), never pickled.
+@step(**TRACKED, output_materializers={"cnn_teacher": ModelMaterializer})
 def train_cnn_teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConfig,
                       gate: promotion.GateConfig) -> Annotated[nn.Module, "cnn_teacher"]:
     return _teacher(manifest, stage, registry, gate)
 
 
-@step(**TRACKED)
+@step(**TRACKED, output_materializers={"vit_teacher": ModelMaterializer})
 def train_vit_teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConfig,
                       gate: promotion.GateConfig) -> Annotated[nn.Module, "vit_teacher"]:
     return _teacher(manifest, stage, registry, gate)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,6 +21,8 @@ Factory = Callable[..., nn.Module]
 # not the factory's architecture arguments.
 _SPEC_ONLY = {"sampling_rate"}
 _BUILD_ONLY = {"pretrained"}
+# The attribute build() sets on every model: how to build the same architecture again.
+RECIPE_ATTR = "dtkd_recipe"
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,15 @@ def build(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     Overrides: frames, crop_size (the clip the model is built for), sampling_rate (data only),
     dropout (head dropout), pretrained (local path, URL, or "official" for spec.weights_url; see
     load_weights: a head of another class count is skipped and reported), and the
-    architecture options of the model's factory (e.g. width_factor for X3D)."""
+    architecture options of the model's factory (e.g. width_factor for X3D).
+
+    The model carries its build recipe as ``model.dtkd_recipe`` (:data:`RECIPE_ATTR`, see
+    :func:`recipe_of`): ``{"name": ..., "num_classes": ..., "overrides": {"frames": ...,
+    "crop_size": ..., <dropout and factory options as given>}}``, JSON values only, so that
+    ``build(**recipe)`` makes the same architecture again (frames/crop_size resolved from the spec;
+    no ``pretrained``, the weights are the state dict's business; no ``sampling_rate``, data only).
+    Saving a model as recipe + state dict (the pipeline's ZenML artifacts) relies on it. Options
+    that are not JSON values (a callable, an object) leave the model without a recipe."""
     entry = MODELS.get(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -80,6 +91,9 @@ def build(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     overrides.pop("sampling_rate", None)
     spec = entry.spec.with_input(frames=overrides.pop("frames", None), crop_size=overrides.pop("crop_size", None))
     model = entry.factory(num_classes, frames=spec.frames, crop_size=spec.crop_size, **overrides)
+    recipe = _recipe(entry.spec.name, num_classes, {"frames": spec.frames, "crop_size": spec.crop_size, **overrides})
+    if recipe is not None:
+        setattr(model, RECIPE_ATTR, recipe)
     if pretrained:
         from dtkd.models.weights import load_weights
 
@@ -91,3 +105,20 @@ def build(name: str, num_classes: int, **overrides: Any) -> nn.Module:
         level = logging.WARNING if (report.missing or report.unexpected) else logging.INFO
         log.log(level, "%s: %s", name, report.summary())
     return model
+
+
+def _recipe(name: str, num_classes: int, overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe as plain JSON values (tuples become lists), or None when an option is no JSON value."""
+    try:
+        return json.loads(json.dumps({"name": name, "num_classes": num_classes, "overrides": overrides},
+                                     allow_nan=False))
+    except (TypeError, ValueError):
+        log.debug("%s: build options %r are not JSON values; the model carries no recipe", name, overrides)
+        return None
+
+
+def recipe_of(model: Any) -> dict[str, Any] | None:
+    """The build recipe of a model made by :func:`build` (a copy; ``build(**recipe)`` rebuilds
+    its architecture), or None for any other module."""
+    recipe = getattr(model, RECIPE_ATTR, None)
+    return json.loads(json.dumps(recipe)) if isinstance(recipe, dict) else None
