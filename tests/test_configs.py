@@ -44,7 +44,7 @@ def _default_dict() -> dict:
         # A stage's training keys are validated merged with `training`, named where they are.
         (("teacher_training", "optimizer"), "lamb", "teacher_training.optimizer: Input should be 'sgd' or 'adamw'"),
         (("distill_training", "teacher_cache_views"), 4, "distill_training.teacher_cache_views: Extra inputs are not permitted"),
-        (("distill_training", "warmup_epochs"), 20, "distill_training: Value error, warmup_epochs (20.0) must be < epochs (12)"),
+        (("distill_training", "warmup_epochs"), 30, "distill_training: Value error, warmup_epochs (30.0) must be < epochs (24)"),
         (("data", "dataset"), "kinetic", "data.dataset: Value error, unknown dataset 'kinetic'"),
         # Per-teacher overrides are validated merged with teacher_training, named where they are.
         (("models", "vit_teacher", "training"), {"lr": -1}, "models.vit_teacher.training.lr: Input should be greater than 0"),
@@ -95,7 +95,9 @@ def test_teacher_overrides_apply_to_that_teacher_only():
     parsed = validate_config(cfg)
     vit, cnn = parsed.teacher_train_config("vit"), parsed.teacher_train_config("cnn")
     assert (vit.lr, vit.epochs) == (2e-4, 3)
-    assert cnn == parsed.training and cnn.lr == 0.01
+    # the CNN teacher: the shared section, then teacher_training (the default's epochs) only
+    assert cnn.model_dump(exclude={"epochs"}) == parsed.training.model_dump(exclude={"epochs"}) and cnn.lr == 0.01
+    assert cnn.epochs == cfg["teacher_training"]["epochs"]
     # Every other key is the shared section's; distillation has its own keys on top of it.
     assert parsed.distill_train_config().model_dump(exclude={"epochs"}) == parsed.training.model_dump(exclude={"epochs"})
     assert vit.model_dump(exclude={"lr", "epochs"}) == cnn.model_dump(exclude={"lr", "epochs"})
