@@ -58,10 +58,12 @@ def table6(base: DistillConfig) -> list[Row]:
 
 def terms(base: DistillConfig) -> list[Row]:
     """DT-KD with each of its three terms off in turn (L_SD off is Table 6's "none" row, the same
-    cells): which term is responsible for a gain, or a loss."""
+    cells), then L_SR alone (both teachers' logits, DATW-weighted, no feature term): which term
+    is responsible for a gain, or a loss."""
     return [Row("dtkd", {"method": "dtkd"}), Row("dtkd use_sr=off", {"method": "dtkd", "use_sr": False}),
             Row("dtkd sdb=none (L_SD off)", {"method": "dtkd", "use_sd": False}),
-            Row("dtkd use_rkd=off", {"method": "dtkd", "use_rkd": False})]
+            Row("dtkd use_rkd=off", {"method": "dtkd", "use_rkd": False}),
+            Row("dtkd L_SR only", {"method": "dtkd", "use_sd": False, "use_rkd": False})]
 
 
 TUNE_TAUS = (1.0, 2.0, 4.0)
