@@ -151,3 +151,15 @@ class TinyClips(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"inputs": {k: self.x[i] for k in self.views}, "label": i % self.num_classes, "index": i}
+
+
+def zoo_distiller(zoo, method: str, num_classes: int, **cfg):
+    """A ``method`` distiller (DistillConfig ``cfg``) on a fresh x3d_tiny with the weights of the
+    ``tiny_zoo`` student, so that every test starts from the same student and none trains it."""
+    from dtkd import models
+    from dtkd.distill import DistillConfig, build_distiller
+
+    student, spec, refs = zoo[:3]
+    fresh = models.build("x3d_tiny", num_classes)
+    fresh.load_state_dict(student.state_dict())
+    return build_distiller(DistillConfig(method=method, **cfg), fresh, spec, refs)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from distill_helpers import TinyClips, TinyCNN, ToyTap, cnn_spec, make_setup, tiny_zoo
+from distill_helpers import TinyClips, TinyCNN, ToyTap, cnn_spec, make_setup, tiny_zoo, zoo_distiller
 from dtkd.distill import DISTILLERS, DistillConfig, build_distiller
 from dtkd.distill.losses.ofa import OFALoss, ofa_class_weights, ofa_loss
 
@@ -169,10 +169,7 @@ def zoo():
 
 
 def make(zoo, **cfg):
-    student, spec, refs, _ = zoo
-    fresh = models.build("x3d_tiny", N)
-    fresh.load_state_dict(student.state_dict())
-    return build_distiller(DistillConfig(method="ofa", **cfg), fresh, spec, refs)
+    return zoo_distiller(zoo, "ofa", N, **cfg)
 
 
 def test_x3d_student_default_exits_and_training_only_parts(zoo):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from distill_helpers import TinyCNN, ToyTap, cnn_spec, make_setup, tiny_zoo
+from distill_helpers import TinyCNN, ToyTap, cnn_spec, make_setup, tiny_zoo, zoo_distiller
 from dtkd.distill import DISTILLERS, DistillConfig, build_distiller
 from dtkd.distill.losses.kd import kd_loss
 from dtkd.distill.losses.pixelkd import (
@@ -242,10 +242,7 @@ def zoo():
 
 
 def make(zoo, **cfg):
-    student, spec, refs, _ = zoo
-    fresh = models.build("x3d_tiny", N)
-    fresh.load_state_dict(student.state_dict())
-    return build_distiller(DistillConfig(method="pixelkd", **cfg), fresh, spec, refs)
+    return zoo_distiller(zoo, "pixelkd", N, **cfg)
 
 
 def test_x3d_student_default_input_module_and_training_only_decoder(zoo):
