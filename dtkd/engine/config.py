@@ -36,6 +36,8 @@ class TrainConfig(BaseModel):
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto: bf16 on CUDA, off on CPU")
     compile: bool = False
     channels_last: Optional[bool] = Field(None, description="None: channels_last_3d on CUDA only")
+    fast_conv_grad: bool = Field(True, description="on CPU, compute Conv3d input gradients with the forward kernel "
+                                 "(dtkd.engine.conv_grad: 1.4-1.8x faster X3D steps; gradients equal to rounding)")
 
     num_workers: int = Field(0, ge=0)
     pin_memory: Optional[bool] = Field(None, description="None: on when training on CUDA")

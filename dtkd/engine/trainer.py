@@ -27,6 +27,7 @@ from dtkd.engine import distributed as D
 from dtkd.engine.callbacks import dispatch
 from dtkd.engine.checkpoint import CheckpointManager, load, rng_state, set_rng_state
 from dtkd.engine.config import TrainConfig
+from dtkd.engine.conv_grad import restore_conv_grad, use_fast_conv_grad
 from dtkd.engine.contract import RunContext, TrainingModule, TrainPlan
 from dtkd.engine.optim import build_optimizer, build_scheduler
 from dtkd.engine.sampling import EpochSampler, SeededViews, ShardSampler, derive_seed
@@ -142,6 +143,9 @@ class Trainer:
         self.distiller.to(self.device)
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last_3d)
+        fast_grad = self.cfg.fast_conv_grad and self.device.type == "cpu"
+        if fast_grad:
+            use_fast_conv_grad(self.distiller)
         self.distiller.train()
 
         dataset, loader_kw = self._unwrap(train, self.cfg.num_workers)
@@ -157,6 +161,8 @@ class Trainer:
             return self._loop(run, st)
         finally:
             plan.close()
+            if fast_grad:
+                restore_conv_grad(self.distiller)
 
     @torch.no_grad()
     def validate(self, loader: DataLoader) -> dict[str, float]:
