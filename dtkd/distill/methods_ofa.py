@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from dtkd.models.taps import find_module, to_grid
+from dtkd.models.taps import ModuleOutputs
 
 from .distiller import DistillOutput, TeacherOutputs
 from .losses.ofa import OFALoss
@@ -87,40 +87,6 @@ class OFAExit(nn.Module):
         return self.fc(self.pool(self.body(x)).flatten(1))
 
 
-class _StageHooks:
-    """Forward hooks on named modules of one model; ``.outputs[name]`` after a forward, 5-D maps."""
-
-    def __init__(self, model: nn.Module, names: Sequence[str], layout: str = "ncthw") -> None:
-        self.outputs: dict[str, Tensor] = {}
-        self._handles = []
-        for name in names:
-            try:
-                module = find_module(model, name)
-            except KeyError as err:
-                self.remove()
-                raise ValueError(
-                    f"ofa: student has no module {name!r} for an exit (distill.ofa_stages): {err}"
-                ) from None
-            self._handles.append(module.register_forward_hook(self._hook(name, layout)))
-
-    def _hook(self, name: str, layout: str):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self.outputs[name] = to_grid(output, layout, f"ofa stage {name!r}")
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self) -> "_StageHooks":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-
 @DISTILLERS.register("ofa")
 class OFA(_SingleTeacher):
     """OFA-KD: CE + ofa_final_weight * L_OFA(student logits) + ofa_weight * sum over exits of L_OFA.
@@ -164,6 +130,10 @@ class OFA(_SingleTeacher):
         return max(dims)
 
     @torch.no_grad()
+    def _exits_hooked(self) -> ModuleOutputs:
+        """The exits' stage outputs of the student, for one ``with`` block."""
+        return ModuleOutputs(self.student, self.stage_names, who="ofa", key="distill.ofa_stages")
+
     def _probe(self) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...], int]:
         """Stage output shapes, the tapped last map's shape and the class count, from one forward."""
         shape = getattr(self.student_spec, "input_shape", None)
@@ -178,8 +148,9 @@ class OFA(_SingleTeacher):
         was_training = self.student.training
         self.student.eval()
         try:
-            with _StageHooks(self.student, self.stage_names) as stages, _StageHooks(
-                self.student, [tap], getattr(self.student_spec, "tap_layout", "ncthw")
+            with self._exits_hooked() as stages, ModuleOutputs(
+                self.student, [tap], layout=getattr(self.student_spec, "tap_layout", "ncthw"), who="ofa",
+                key="the student spec's tap"
             ) as last:
                 logits = self.student(x)
         finally:
@@ -208,7 +179,7 @@ class OFA(_SingleTeacher):
         teacher_outputs: Optional[Mapping[str, Mapping[str, Tensor]]] = None,
     ) -> DistillOutput:
         """The base forward with the stage hooks alive for this call only (the student keeps none)."""
-        with _StageHooks(self.student, self.stage_names) as hooks:
+        with self._exits_hooked() as hooks:
             self._stages = hooks.outputs
             try:
                 return super().forward(batch_inputs, target, teacher_outputs)

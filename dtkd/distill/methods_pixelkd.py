@@ -36,11 +36,11 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dtkd.data.views import STUDENT_VIEW
 from dtkd.engine.contract import RunContext, TrainPlan
-from dtkd.models.taps import find_module
+from dtkd.models.taps import ModuleOutputs
 
 from .distiller import DistillOutput, TeacherOutputs
 from .losses.kd import kd_loss
@@ -63,35 +63,6 @@ def default_pixelkd_stage(spec: Any) -> str:
         f"pixelkd: no default input module for student {name!r} (defaults exist for: {', '.join(DEFAULT_STAGES)}); "
         "set distill.pixelkd_stage to the module name of its first convolution (a 5-D map), e.g. 'stem'"
     )
-
-
-class _OutputHook:
-    """A forward hook on one module for one ``with`` block: ``.output`` is its last 5-D output."""
-
-    def __init__(self, model: nn.Module, name: str) -> None:
-        try:
-            module = find_module(model, name)
-        except KeyError as err:
-            raise ValueError(f"pixelkd: student has no module {name!r} (distill.pixelkd_stage): {err}") from None
-        self.name = name
-        self.output: Optional[Tensor] = None
-        self._handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not isinstance(output, Tensor) or output.dim() != 5:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(f"pixelkd: module {self.name!r} gives {shape}, not a (B, C, T, H, W) map; "
-                             "pixelkd_stage must name a convolutional module of the student")
-        self.output = output
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-    def __enter__(self) -> "_OutputHook":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
 
 
 def _norm(spec: Any) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
@@ -126,7 +97,7 @@ class PixelKD(_SingleTeacher):
         self.isrd = ISRDLoss(channels, self.factor)
         self._norm_from = _norm(self.teacher_specs.get(self.hr_view))
         self._norm_to = _norm(self.student_spec)
-        self._hook: Optional[_OutputHook] = None
+        self._hook: Optional[ModuleOutputs] = None
         self._large: Optional[Tensor] = None
         self._frames = 0
 
@@ -141,13 +112,13 @@ class PixelKD(_SingleTeacher):
         was_training = self.student.training
         self.student.eval()
         try:
-            with _OutputHook(self.student, self.stage_name) as hook:
+            with ModuleOutputs(self.student, [self.stage_name], who="pixelkd", key="distill.pixelkd_stage") as hook:
                 self.student(x)
         finally:
             self.student.train(was_training)
-        if hook.output is None:
+        if self.stage_name not in hook.outputs:
             raise ValueError(f"pixelkd: module {self.stage_name!r} did not run in the student's forward")
-        _, c, _, h, w = hook.output.shape
+        _, c, _, h, w = hook.outputs[self.stage_name].shape
         sh, sw = shape[2] / h, shape[3] / w
         if abs(sh - sw) > 1e-6:
             raise ValueError(f"pixelkd: module {self.stage_name!r} has different strides in H and W ({sh}, {sw})")
@@ -189,7 +160,7 @@ class PixelKD(_SingleTeacher):
                            f"views: {sorted(batch_inputs)}")
         large = batch_inputs[self.hr_view]
         self._check_sizes(small, large)
-        with _OutputHook(self.student, self.stage_name) as hook:
+        with ModuleOutputs(self.student, [self.stage_name], who="pixelkd", key="distill.pixelkd_stage") as hook:
             self._hook, self._large, self._frames = hook, large, small.shape[2]
             try:
                 return super().forward(batch_inputs, target, teacher_outputs)
@@ -202,8 +173,8 @@ class PixelKD(_SingleTeacher):
         c = self.cfg
         terms: Terms = {"kd": (c.pixelkd_kd_weight, kd_loss(logits, teachers[self.teacher_name]["logits"], c.tau))}
         if self.use_isrd:
-            if self._hook is None or self._hook.output is None or self._large is None:
+            if self._hook is None or self.stage_name not in self._hook.outputs or self._large is None:
                 raise RuntimeError("pixelkd: no input-module output captured; call the distiller, not distill_terms")
             goal = isrd_target(self._large, self._frames, self._norm_from, self._norm_to)
-            terms["isrd"] = (c.pixelkd_isrd_weight, self.isrd(self._hook.output, goal))
+            terms["isrd"] = (c.pixelkd_isrd_weight, self.isrd(self._hook.outputs[self.stage_name], goal))
         return terms

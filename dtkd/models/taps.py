@@ -2,7 +2,7 @@
 every family, without editing the model."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -111,3 +111,39 @@ class FeatureTap:
         shape = None if self._features is None else tuple(self._features.shape)
         return f"FeatureTap({self.spec.name}, tap={self.spec.tap!r}, features={shape})"
 
+
+
+class ModuleOutputs:
+    """Forward hooks on named modules of a model for one ``with`` block: after a forward,
+    ``.outputs[name]`` is that module's output as (B, C, T, H, W) (:func:`to_grid` with ``layout``).
+    ``who`` and ``key`` (the caller and the config key that named the modules) lead every error."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], *, layout: str = "ncthw", who: str = "hook",
+                 key: str = "") -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        where = f" ({key})" if key else ""
+        for name in names:
+            try:
+                module = find_module(model, name)
+            except KeyError as err:
+                self.remove()
+                raise ValueError(f"{who}: the model has no module {name!r}{where}: {err}") from None
+            self._handles.append(module.register_forward_hook(self._hook(name, layout, f"{who} module {name!r}{where}")))
+
+    def _hook(self, name: str, layout: str, where: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.outputs[name] = to_grid(output, layout, where)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "ModuleOutputs":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
