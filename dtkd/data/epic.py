@@ -1,0 +1,136 @@
+"""EPIC-KITCHENS-100 beyond its annotations: reading a narration segment's frames, and a tiny
+fixture written in the dataset's own layout (annotation CSVs, class lists, JPEG frame folders
+and/or per-participant videos). The reader itself is ``dtkd.data.formats.read_epic_kitchens``.
+
+Fixture layout (EPIC's)::
+
+    <root>/annotations/EPIC_100_{train,validation}.csv, EPIC_100_{verb,noun}_classes.csv
+    <root>/<P>/rgb_frames/<video_id>/frame_0000000001.jpg ...
+    <root>/<P>/videos/<video_id>.MP4
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dtkd.data.errors import VideoDecodeError
+from dtkd.data.formats import EPIC_CLASS_FILES, EPIC_FILES, Segment, epic_frame_name
+from dtkd.data.video import read_frames, write_video
+
+EPIC_COLUMNS = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
+                "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
+                "noun_class", "all_nouns", "all_noun_classes"]
+
+
+def read_jpeg_frames(folder: str | os.PathLike, frames: Sequence[int]) -> torch.Tensor:
+    """1-based EPIC frames of a frame folder -> uint8 (T, H, W, C); each file decoded once."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    decoded: dict[int, torch.Tensor] = {}
+    for f in dict.fromkeys(int(f) for f in frames):
+        path = folder / epic_frame_name(f)
+        if not path.is_file():
+            raise VideoDecodeError(path, f"frame {f} is absent")
+        try:
+            with Image.open(path) as img:
+                decoded[f] = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
+        except (UnidentifiedImageError, OSError) as exc:
+            raise VideoDecodeError(path, f"not a decodable JPEG: {exc}") from None
+    return torch.stack([decoded[int(f)] for f in frames])
+
+
+def read_segment(segment: Segment, indices: Sequence[int], *, backend: str = "pyav") -> torch.Tensor:
+    """Frames ``indices`` (0-based within the segment, like ``read_frames``) -> uint8 (T, H, W, C).
+    An index past the segment's end is an error naming the narration."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= segment.num_frames:
+        raise ValueError(f"narration {segment.video_id!r}: indices {idx.tolist()} outside its "
+                         f"{segment.num_frames} frames")
+    if segment.source == "frames":
+        return read_jpeg_frames(segment.path, (idx + segment.start_frame).tolist())
+    return read_frames(segment.path, (idx + segment.start_frame - 1).tolist(), backend=backend)
+
+
+def _timestamp(seconds: float) -> str:
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{int(h):02d}:{int(m):02d}:{s:05.2f}"
+
+
+def _frame(verb: int, noun: int, t: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A learnable frame: the noun sets the square's colour, the verb its motion direction."""
+    img = rng.integers(0, 24, size=(size, size, 3), dtype=np.uint8)
+    side = max(4, size // 4)
+    colour = np.array([(noun * 97) % 256, (noun * 61 + 128) % 256, (noun * 31 + 64) % 256], dtype=np.uint8)
+    dx, dy = [(1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1)][verb % 6]
+    c = size // 2 - side // 2
+    x = int(np.clip(c + dx * t, 0, size - side))
+    y = int(np.clip(c + dy * t, 0, size - side))
+    img[y:y + side, x:x + side] = colour
+    return img
+
+
+def write_epic_fixture(root: str | os.PathLike, *, participants: Sequence[str] = ("P01", "P02"),
+                       videos_per_participant: int = 1, segments_per_video: int = 4, segment_frames: int = 8,
+                       gap: int = 2, num_verbs: int = 3, num_nouns: int = 4, validation_every: int = 3,
+                       size: int = 32, fps: int = 50, source: str = "frames", seed: int = 0) -> Path:
+    """A tiny EPIC-KITCHENS-100 in its layout under ``root``: class lists of ``num_verbs`` verbs
+    and ``num_nouns`` nouns, and per video ``segments_per_video`` narrations of ``segment_frames``
+    frames separated by ``gap`` background frames; every ``validation_every``-th narration goes to
+    the validation CSV. Labels cycle so that each class appears. ``source``: "frames" (JPEG
+    folders), "video" (one .MP4 per video) or "both". Timestamps are written at ``fps`` and agree
+    with the frame columns (:func:`dtkd.data.formats.epic_frame_range`). Returns ``root``."""
+    from PIL import Image
+
+    if source not in ("frames", "video", "both"):
+        raise ValueError(f"source={source!r}; expected frames, video or both")
+    root = Path(root)
+    ann = root / "annotations"
+    ann.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for head, count in (("verb", num_verbs), ("noun", num_nouns)):
+        with open(ann / EPIC_CLASS_FILES[head], "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "key", "instances", "category"])
+            for i in range(count):
+                w.writerow([i, f"{head}{i}", f"['{head}{i}']", "fixture"])
+    rows = {"train": [], "validation": []}
+    k = 0
+    for p in participants:
+        for v in range(videos_per_participant):
+            vid = f"{p}_{v + 1:02d}"
+            frames = [_frame(0, 0, 0, size, rng) for _ in range(gap)]
+            for s in range(segments_per_video):
+                verb, noun = k % num_verbs, (k // num_verbs + k) % num_nouns
+                start = len(frames) + 1
+                frames += [_frame(verb, noun, t, size, rng) for t in range(segment_frames)]
+                frames += [_frame(0, 0, 0, size, rng) for _ in range(gap)]
+                stop = start + segment_frames - 1
+                fold = "validation" if (k + 1) % validation_every == 0 else "train"
+                rows[fold].append({
+                    "narration_id": f"{vid}_{s}", "participant_id": p, "video_id": vid,
+                    "narration_timestamp": _timestamp((start - 1) / fps), "start_timestamp": _timestamp((start - 1) / fps),
+                    "stop_timestamp": _timestamp(stop / fps), "start_frame": start, "stop_frame": stop,
+                    "narration": f"verb{verb} noun{noun}", "verb": f"verb{verb}", "verb_class": verb,
+                    "noun": f"noun{noun}", "noun_class": noun, "all_nouns": f"['noun{noun}']",
+                    "all_noun_classes": f"[{noun}]"})
+                k += 1
+            if source in ("frames", "both"):
+                folder = root / p / "rgb_frames" / vid
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, img in enumerate(frames, 1):
+                    Image.fromarray(img).save(folder / epic_frame_name(i), quality=95)
+            if source in ("video", "both"):
+                write_video(root / p / "videos" / f"{vid}.MP4", np.stack(frames), fps=fps)
+    for fold, name in EPIC_FILES.items():
+        with open(ann / name, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=EPIC_COLUMNS)
+            w.writeheader()
+            w.writerows(rows[fold])
+    return root

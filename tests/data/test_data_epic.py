@@ -1,0 +1,189 @@
+"""EPIC-KITCHENS-100: the reader on a fixture written in the official layout (frame folders and
+per-participant videos), timestamps vs frame columns, and the errors bad files give."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import torch
+
+from dtkd.data import AnnotationError, DataConfig, VideoDecodeError
+from dtkd.data.epic import read_segment, write_epic_fixture
+from dtkd.data.formats import (DATASETS, EPIC_FILES, MultiHeadIndex, epic_frame_name, epic_frame_range,
+                               epic_timestamp, read_epic_kitchens)
+
+KW = dict(participants=("P01", "P02"), segments_per_video=3, segment_frames=6, gap=2, num_verbs=3, num_nouns=4,
+          validation_every=3, size=16)
+
+
+@pytest.fixture(scope="module")
+def epic_root(tmp_path_factory):
+    return write_epic_fixture(tmp_path_factory.mktemp("epic"), source="both", **KW)
+
+
+def _copy(root, tmp_path):
+    dst = tmp_path / "epic"
+    shutil.copytree(root, dst)
+    return dst
+
+
+def _rewrite(path, edit):
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fields = list(rows[0])
+    rows, fields = edit(rows, fields)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_registered_and_reader_options_checked_by_config():
+    assert DATASETS.get("epic_kitchens100") is read_epic_kitchens
+    DataConfig(dataset="epic_kitchens100", reader={"source": "frames", "fps": 60})
+    with pytest.raises(ValueError, match="no option"):
+        DataConfig(dataset="epic_kitchens100", reader={"frame_dir": "x"})
+
+
+def test_reads_every_narration_with_both_heads(epic_root):
+    index = read_epic_kitchens(epic_root)
+    assert isinstance(index, MultiHeadIndex)
+    assert index.heads == {"verb": ["verb0", "verb1", "verb2"], "noun": ["noun0", "noun1", "noun2", "noun3"]}
+    assert sorted(e.video_id for e in index.entries) == [f"P0{p}_01_{s}" for p in (1, 2) for s in range(3)]
+    by_id = {e.video_id: e for e in index.entries}
+    # k = 0..5 in write order; labels cycle: verb = k % 3, noun = (k // 3 + k) % 4; k = 2, 5 -> validation.
+    assert by_id["P01_01_0"].labels == (("verb", 0), ("noun", 0))
+    assert by_id["P02_01_1"].labels == (("verb", 1), ("noun", 1))   # k = 4: noun (1 + 4) % 4
+    assert by_id["P01_01_2"].split == "test" and by_id["P02_01_2"].split == "test"
+    assert sum(e.split == "train" for e in index.entries) == 4
+    # gap 2, then 6-frame segments each followed by 2 gap frames: 3..8, 11..16, 19..24
+    assert [(by_id[f"P01_01_{s}"].start_frame, by_id[f"P01_01_{s}"].stop_frame) for s in range(3)] == \
+        [(3, 8), (11, 16), (19, 24)]
+    assert by_id["P01_01_1"].num_frames == 6
+    assert by_id["P01_01_0"].source == "frames"  # auto: the frame folder exists
+    assert by_id["P01_01_0"].path == epic_root / "P01" / "rgb_frames" / "P01_01"
+    assert by_id["P01_01_0"].label == "verb0" and index.classes == index.heads["verb"]
+
+
+def test_timestamps_agree_with_frame_columns(epic_root):
+    frames = {e.video_id: (e.start_frame, e.stop_frame) for e in read_epic_kitchens(epic_root, segments="frames").entries}
+    stamps = {e.video_id: (e.start_frame, e.stop_frame)
+              for e in read_epic_kitchens(epic_root, segments="timestamps", fps=50).entries}
+    assert frames == stamps
+    # at 25 fps the same timestamps cover half as many frames: 00:00:00.04 -> frame 2
+    half = {e.video_id: (e.start_frame, e.stop_frame)
+            for e in read_epic_kitchens(epic_root, segments="timestamps", fps=25).entries}
+    assert half["P01_01_0"] == (2, 4)  # [0.04 s, 0.16 s] at 25 fps
+
+
+def test_timestamp_arithmetic():
+    assert epic_timestamp("01:02:03.50") == pytest.approx(3723.5)
+    assert epic_frame_range(0.0, 0.1, 50) == (1, 5)
+    assert epic_frame_range(1.0, 1.0, 50) == (51, 51)  # a zero-length segment keeps one frame
+    with pytest.raises(ValueError, match="HH:MM:SS"):
+        epic_timestamp("12.5")
+
+
+def test_segments_only_columns_fall_back_to_timestamps(epic_root, tmp_path):
+    root = _copy(epic_root, tmp_path)
+    for name in EPIC_FILES.values():
+        _rewrite(root / "annotations" / name,
+                 lambda rows, f: (rows, [c for c in f if c not in ("start_frame", "stop_frame")]))
+    got = {e.video_id: (e.start_frame, e.stop_frame) for e in read_epic_kitchens(root).entries}
+    assert got["P01_01_1"] == (11, 16)
+
+
+def test_segment_frames_equal_between_jpeg_folder_and_video(epic_root):
+    index = read_epic_kitchens(epic_root, source="frames")
+    seg = next(e for e in index.entries if e.video_id == "P02_01_1")
+    vseg = next(e for e in read_epic_kitchens(epic_root, source="video").entries if e.video_id == "P02_01_1")
+    assert vseg.path == epic_root / "P02" / "videos" / "P02_01.MP4" and vseg.source == "video"
+    a = read_segment(seg, [0, 2, 5]).float()
+    b = read_segment(vseg, [0, 2, 5]).float()
+    assert a.shape == b.shape == (3, 16, 16, 3)
+    assert (a - b).abs().mean() < 12  # JPEG vs mpeg4: the same content up to compression
+    # the segment's first frame is not the frame before it (a gap frame: no square)
+    before = read_segment(seg.__class__(**{**seg.__dict__, "start_frame": seg.start_frame - 1}), [0]).float()
+    assert (a[0] - before[0]).abs().max() > 50
+    with pytest.raises(ValueError, match="P02_01_1"):
+        read_segment(seg, [6])
+
+
+def test_missing_column_names_file_and_column(epic_root, tmp_path):
+    root = _copy(epic_root, tmp_path)
+    csv_path = root / "annotations" / EPIC_FILES["train"]
+    _rewrite(csv_path, lambda rows, f: (rows, [c for c in f if c != "verb_class"]))
+    with pytest.raises(AnnotationError, match="EPIC_100_train.csv.*verb_class"):
+        read_epic_kitchens(root)
+
+
+def test_out_of_range_class_names_line_and_narration(epic_root, tmp_path):
+    root = _copy(epic_root, tmp_path)
+
+    def edit(rows, f):
+        rows[1]["noun_class"] = "4"
+        return rows, f
+
+    _rewrite(root / "annotations" / EPIC_FILES["validation"], edit)
+    with pytest.raises(AnnotationError, match=r"line 3, narration 'P02_01_2'.*noun_class 4"):
+        read_epic_kitchens(root)
+
+
+def test_bad_integer_and_reversed_segment(epic_root, tmp_path):
+    root = _copy(epic_root, tmp_path)
+
+    def edit(rows, f):
+        rows[0]["start_frame"], rows[0]["stop_frame"] = "9", "3"
+        return rows, f
+
+    _rewrite(root / "annotations" / EPIC_FILES["train"], edit)
+    with pytest.raises(AnnotationError, match="P01_01_0.*9..3"):
+        read_epic_kitchens(root)
+
+    def edit2(rows, f):
+        rows[0]["start_frame"] = "three"
+        return rows, f
+
+    _rewrite(root / "annotations" / EPIC_FILES["train"], edit2)
+    with pytest.raises(AnnotationError, match="line 2.*start_frame 'three'"):
+        read_epic_kitchens(root)
+
+
+def test_absent_frames_name_the_narration(epic_root, tmp_path):
+    root = _copy(epic_root, tmp_path)
+    (root / "P01" / "rgb_frames" / "P01_01" / epic_frame_name(16)).unlink()
+    with pytest.raises(FileNotFoundError, match=r"frame_0000000016\.jpg.*P01_01_1"):
+        read_epic_kitchens(root)
+    shutil.rmtree(root / "P01" / "rgb_frames")  # auto falls back to the video
+    assert {e.source for e in read_epic_kitchens(root).entries if e.participant_id == "P01"} == {"video"}
+    (root / "P01" / "videos" / "P01_01.MP4").unlink()
+    with pytest.raises(FileNotFoundError, match=r"P01_01\.MP4.*P01_01_0"):
+        read_epic_kitchens(root)
+
+
+def test_missing_class_list_and_annotation_file(epic_root, tmp_path):
+    root = _copy(epic_root, tmp_path)
+    (root / "annotations" / EPIC_FILES["validation"]).unlink()
+    with pytest.raises(FileNotFoundError, match="EPIC_100_validation.csv"):
+        read_epic_kitchens(root)
+    (root / "annotations" / "EPIC_100_noun_classes.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="noun class list"):
+        read_epic_kitchens(root)
+
+
+def test_validation_split_option_and_bad_options(epic_root):
+    splits = {e.split for e in read_epic_kitchens(epic_root, validation_split="val").entries}
+    assert splits == {"train", "val"}
+    for kw in ({"source": "jpeg"}, {"segments": "seconds"}, {"fps": 0}, {"validation_split": "dev"}):
+        with pytest.raises(ValueError):
+            read_epic_kitchens(epic_root, **kw)
+
+
+def test_jpeg_reader_flags_a_corrupt_frame(epic_root, tmp_path):
+    root = _copy(epic_root, tmp_path)
+    seg = next(e for e in read_epic_kitchens(root).entries if e.video_id == "P01_01_0")
+    (seg.path / epic_frame_name(4)).write_bytes(b"not a jpeg")
+    with pytest.raises(VideoDecodeError, match="frame_0000000004"):
+        read_segment(seg, [1])
+    assert read_segment(seg, [0]).dtype == torch.uint8
