@@ -97,3 +97,86 @@ def test_single_head_top1_correct_is_argmax_equality():
     logits = torch.tensor([[0., 1.], [2., 1.], [0., 3.]])
     assert int(top1_correct(logits, torch.tensor([1, 1, 1]))) == 2
     np.testing.assert_array_equal(top1_correct(logits, torch.tensor([1, 0, 1])).numpy(), 3)
+
+
+# --- distillers with heads, on the toy models of distill_helpers ------------------------------------
+
+def _heads_setup(seed=0):
+    from distill_helpers import TinyCNN, TinyViT, cnn_spec, vit_spec
+    from dtkd.distill import TeacherRef
+
+    torch.manual_seed(seed)
+    student = TinyCNN(L.total, width=6)
+    refs = [TeacherRef(name="vit", model=TinyViT(L.total, dim=12), spec=vit_spec("tiny_vit", 12), role="vit"),
+            TeacherRef(name="cnn", model=TinyCNN(L.total, width=10), spec=cnn_spec("tiny_cnn_m", 10), role="cnn")]
+    return student, cnn_spec("tiny_cnn", 6), refs
+
+
+def _heads_batch(seed=1):
+    from distill_helpers import make_batch
+
+    inputs, _ = make_batch(4, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return inputs, torch.randint(0, L.combinations, (4,), generator=g)
+
+
+def _distiller(method, heads=L, **cfg):
+    from distill_helpers import ToyTap
+    from dtkd.distill import DistillConfig, build_distiller
+
+    student, spec, refs = _heads_setup()
+    d = build_distiller(DistillConfig(method=method, **cfg), student, spec, refs, tap_factory=ToyTap, heads=heads)
+    d.set_epoch(0)
+    d.prepare([{"inputs": _heads_batch(s)[0]} for s in range(3)])
+    return d
+
+
+@pytest.mark.parametrize("method", ["none", "kd", "dkd", "at", "dtkd"])
+def test_multihead_distiller_ce_and_logit_terms_are_per_head(method):
+    from dtkd.distill.losses import DKDLoss
+
+    d = _distiller(method)
+    inputs, target = _heads_batch()
+    out = d(inputs, target)
+    assert out.logits.shape == (4, L.total)
+    assert torch.allclose(out.losses["ce"], multihead_cross_entropy(out.logits, target, L))
+    with torch.no_grad():
+        teach = {n: d.teachers[n](inputs[n]) for n in ("vit", "cnn")}
+    s, ys = L.split(out.logits.detach()), L.decode(target)
+    if method == "kd":
+        t = L.split(teach["vit"])
+        want = sum(kd_loss(s[h], t[h], d.cfg.tau) for h in L.names)
+        assert torch.allclose(out.losses["kd"], want, atol=1e-6)
+    if method == "dkd":
+        t, loss = L.split(teach["vit"]), DKDLoss(d.cfg.dkd_alpha, d.cfg.dkd_beta, d.cfg.tau)
+        assert torch.allclose(out.losses["dkd"], sum(loss(s[h], t[h], ys[h]) for h in L.names), atol=1e-6)
+    if method == "dtkd":
+        # L_SR: each head's own DATW over its own slices
+        want = sum(sr_loss(s[h], [L.split(teach[n])[h] for n in ("vit", "cnn")], d.cfg.tau) for h in L.names)
+        assert torch.allclose(out.losses["sr"], want, atol=1e-6)
+        assert {"sd", "rkd"} <= set(out.losses)
+        diag = d.epoch_diagnostics()["scalars"]
+        assert "verb/datw/n_samples" in diag and "noun/datw/n_samples" in diag
+    out.loss.backward()
+    assert all(p.grad is None for p in d.teachers.parameters())
+
+
+def test_single_head_distiller_unchanged_by_the_heads_code():
+    """heads=None: the same loss as the plain single-label CE + KD on the same logits."""
+    from distill_helpers import ToyTap
+    from dtkd.distill import DistillConfig, build_distiller
+
+    student, spec, refs = _heads_setup()
+    d = build_distiller(DistillConfig(method="kd"), student, spec, refs, tap_factory=ToyTap)
+    inputs, _ = _heads_batch()
+    target = torch.tensor([0, 6, 3, 2])
+    out = d(inputs, target)
+    with torch.no_grad():
+        t = d.teachers["vit"](inputs["vit"])
+    want = F.cross_entropy(out.logits, target) + d.cfg.alpha * kd_loss(out.logits, t, d.cfg.tau)
+    assert torch.equal(out.loss, want)
+
+
+def test_methods_without_a_multihead_form_refuse_heads():
+    with pytest.raises(ValueError, match="method 'ofa' has no multi-head form.*dtkd"):
+        _distiller("ofa")
