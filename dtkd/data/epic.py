@@ -57,6 +57,49 @@ def read_segment(segment: Segment, indices: Sequence[int], *, backend: str = "py
     return read_frames(segment.path, (idx + segment.start_frame - 1).tolist(), backend=backend)
 
 
+def probe_segment(segment: Segment, *, verify: str = "first_frame") -> dict:
+    """Like ``probe_video`` for one segment, plus its content identity; never raises for bad
+    files. ``frames`` is the segment's length. A frame folder: the first frame gives the size,
+    ``verify="full"`` decodes every frame of the segment; ``size_bytes``/``sha256`` cover the
+    segment's frame files in order. A video: the video is probed (its identity is the file's)
+    and must reach the segment's last frame."""
+    import hashlib
+
+    from dtkd.data.manifest import file_identity
+    from dtkd.data.video import TAIL_TOLERANCE, probe_video
+
+    info = dict(frames=segment.num_frames, fps=segment.fps, width=0, height=0, ok=False, error="",
+                size_bytes=0, sha256="")
+    if segment.source == "video":
+        probe = probe_video(segment.path, verify=verify)
+        info.update(fps=probe["fps"], width=probe["width"], height=probe["height"], error=probe["error"])
+        if probe["ok"] and segment.stop_frame > probe["frames"] + TAIL_TOLERANCE:
+            info["error"] = (f"narration {segment.video_id!r} ends at frame {segment.stop_frame} but the video has "
+                             f"{probe['frames']} frames")
+        info["ok"] = probe["ok"] and not info["error"]
+        info.update(file_identity(segment.path))
+        return info
+    paths = [Path(segment.path) / epic_frame_name(f) for f in range(segment.start_frame, segment.stop_frame + 1)]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        info["error"] = f"narration {segment.video_id!r}: {len(absent)} frame(s) absent, e.g. {absent[0]}"
+        return info
+    try:
+        wanted = range(segment.start_frame, segment.stop_frame + 1) if verify == "full" else [segment.start_frame]
+        first = read_jpeg_frames(segment.path, wanted)
+    except VideoDecodeError as exc:
+        info["error"] = str(exc)
+        return info
+    digest, size = hashlib.sha256(), 0
+    for p in paths:
+        data = p.read_bytes()
+        digest.update(data)
+        size += len(data)
+    info.update(width=int(first.shape[2]), height=int(first.shape[1]), ok=True, size_bytes=size,
+                sha256=digest.hexdigest())
+    return info
+
+
 def _timestamp(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

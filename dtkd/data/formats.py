@@ -266,6 +266,7 @@ class Segment(Entry):
     start_frame: int = 1
     stop_frame: int = 1
     labels: tuple[tuple[str, int], ...] = ()  # ((head, class index), ...) in EPIC_HEADS order
+    fps: float = 0.0  # frame rate of a frame folder (the reader's ``fps``); a video's comes from its probe
 
     @property
     def num_frames(self) -> int:
@@ -406,7 +407,7 @@ def read_epic_kitchens(root: str | os.PathLike, split: int = 1, *, annotation_di
                 split_name = "train" if fold == "train" else validation_split
                 entries.append(Segment(nid, path, heads[EPIC_HEADS[0]][labels[0][1]], split_name,
                                        participant_id=pid, source=kind, start_frame=start, stop_frame=stop,
-                                       labels=tuple(labels)))
+                                       labels=tuple(labels), fps=float(fps)))
     return MultiHeadIndex(entries, list(heads[EPIC_HEADS[0]]), heads=heads)
 
 

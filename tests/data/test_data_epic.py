@@ -187,3 +187,65 @@ def test_jpeg_reader_flags_a_corrupt_frame(epic_root, tmp_path):
     with pytest.raises(VideoDecodeError, match="frame_0000000004"):
         read_segment(seg, [1])
     assert read_segment(seg, [0]).dtype == torch.uint8
+
+
+# --- the manifest and ClipDataset on segments ---------------------------------------------------------
+
+def test_manifest_of_segments_with_heads(epic_root):
+    from dtkd.data import build_manifest, num_classes_of
+    from dtkd.data.manifest import heads_of
+
+    m = build_manifest("epic_kitchens100", epic_root)
+    assert len(m) == 6 and set(m["split"]) == {"train", "test"}
+    layout = heads_of(m)
+    assert layout.as_dict() == {"verb": 3, "noun": 4} and num_classes_of(m) == 12
+    row = m.set_index("video_id").loc["P02_01_1"]
+    assert (row["label_verb"], row["label_noun"], row["label_idx"]) == (1, 1, 1 * 4 + 1)
+    assert row["label"] == "verb1/noun1" and row["frames"] == 6 and (row["start_frame"], row["stop_frame"]) == (11, 16)
+    assert (row["width"], row["height"], row["fps"]) == (16, 16, 50.0) and row["source"] == "frames"
+    # content identity: the segment's frame files; another segment of the same folder differs
+    assert row["sha256"] != m.set_index("video_id").loc["P02_01_0", "sha256"]
+    v = build_manifest("epic_kitchens100", epic_root, source="video").set_index("video_id")
+    assert v.loc["P02_01_1", "source"] == "video" and v.loc["P02_01_1", "frames"] == 6
+    assert v.loc["P02_01_1", "sha256"] == v.loc["P02_01_0", "sha256"]  # one video file
+
+
+def test_manifest_flags_a_segment_past_the_end_of_its_video(epic_root, tmp_path):
+    from dtkd.data import build_manifest
+
+    root = _copy(epic_root, tmp_path)
+    shutil.rmtree(root / "P02" / "rgb_frames")
+
+    def edit(rows, f):
+        rows[-1]["stop_frame"] = "400"
+        return rows, f
+
+    _rewrite(root / "annotations" / EPIC_FILES["train"], edit)
+    m = build_manifest("epic_kitchens100", root, on_error="flag").set_index("video_id")
+    assert not m.loc["P02_01_1", "ok"] and "ends at frame 400" in m.loc["P02_01_1", "error"]
+    assert m["ok"].sum() == 5
+    with pytest.raises(VideoDecodeError, match="P02_01_1"):
+        build_manifest("epic_kitchens100", root)
+
+
+@pytest.mark.parametrize("source", ["frames", "video"])
+def test_clip_dataset_reads_the_segment_not_the_whole_video(epic_root, source):
+    from dtkd.data import ClipDataset, ViewSpec, build_manifest
+
+    m = build_manifest("epic_kitchens100", epic_root, source=source)
+    view = ViewSpec(frames=6, sampling_rate=1, crop_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    ds = ClipDataset(m, "test", {"student": view}, train=False)
+    i = ds._ids.index("P01_01_2")
+    item = ds[i]
+    assert item["label"] == m.set_index("video_id").loc["P01_01_2", "label_idx"]
+    seg = next(e for e in read_epic_kitchens(epic_root, source=source).entries if e.video_id == "P01_01_2")
+    want = read_segment(seg, range(6)).permute(3, 0, 1, 2).float() / 255  # (C, T, H, W), no crop needed at 16 px
+    assert item["inputs"]["student"].shape == (1, 3, 6, 16, 16)
+    assert torch.allclose(item["inputs"]["student"][0], want, atol=1e-5)
+
+
+def test_clip_store_refuses_segments(epic_root, tmp_path):
+    from dtkd.data import build_manifest, build_store
+
+    with pytest.raises(ValueError, match="segments.*store.enabled: false"):
+        build_store(build_manifest("epic_kitchens100", epic_root), tmp_path / "store")
