@@ -48,6 +48,14 @@ def top1_correct(logits: torch.Tensor, target: torch.Tensor, heads: HeadLayout |
     return right.sum()
 
 
+def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, heads: HeadLayout | None = None) -> torch.Tensor:
+    """CE summed over the rows (0-d tensor); a multi-head model's is the heads' CEs added."""
+    if heads is None:
+        return F.cross_entropy(logits, target, reduction="sum")
+    ys = heads.decode(target)
+    return sum(F.cross_entropy(part, ys[name], reduction="sum") for name, part in heads.split(logits).items())
+
+
 def action_scores(logits: torch.Tensor, heads: HeadLayout) -> torch.Tensor:
     """(B, total) -> (B, prod of sizes) log-scores of every combination: the sum of the heads'
     log-softmax, i.e. the product of their probabilities (EPIC-KITCHENS' action score,
@@ -117,9 +125,7 @@ def evaluate(
         logits = view_averaged_logits(model, clips).float()
         n += len(target)
         if heads is not None:
-            ys = heads.decode(target)
-            loss_sum += sum(float(F.cross_entropy(part, ys[name], reduction="sum"))
-                            for name, part in heads.split(logits).items())
+            loss_sum += float(cross_entropy_sum(logits, target, heads))
             for k, v in head_counts(logits, target, heads).items():
                 counts[k] = counts.get(k, 0) + v
             first = heads.names[0]
