@@ -172,6 +172,19 @@ def heads_of(manifest: pd.DataFrame):
     return HeadLayout(tuple(n for n, _ in pairs), tuple(int(v) for _, v in pairs))
 
 
+def head_class_names(manifest: pd.DataFrame, head: str) -> list[str]:
+    """Class names of one head of a multi-head manifest in index order, from its ``label``
+    ("<verb>/<noun>") and ``label_<head>`` columns; a class no row carries is named by its index."""
+    heads = heads_of(manifest)
+    if heads is None or head not in heads.names:
+        raise ValueError(f"manifest has no head {head!r} (heads: {heads.as_dict() if heads else 'none'})")
+    pos = heads.names.index(head)
+    names = [str(i) for i in range(heads.sizes[pos])]
+    for idx, label in zip(manifest[f"label_{head}"], manifest["label"].astype(str)):
+        names[int(idx)] = label.split("/")[pos]
+    return names
+
+
 def carve_validation(manifest: pd.DataFrame, fraction: float, *, seed: int = 0) -> pd.DataFrame:
     """Move ``fraction`` of each class's train clips to a ``val`` split, deterministically: a
     class's train clips are ordered by sha256(seed, video_id) and the first round(fraction * n)
