@@ -65,8 +65,8 @@ def probe_segment(segment: Segment, *, verify: str = "first_frame") -> dict:
     and must reach the segment's last frame."""
     import hashlib
 
-    from dtkd.data.manifest import file_identity
     from dtkd.data.video import TAIL_TOLERANCE, probe_video
+    from dtkd.fsutil import file_sha256
 
     info = dict(frames=segment.num_frames, fps=segment.fps, width=0, height=0, ok=False, error="",
                 size_bytes=0, sha256="")
@@ -77,7 +77,8 @@ def probe_segment(segment: Segment, *, verify: str = "first_frame") -> dict:
             info["error"] = (f"narration {segment.video_id!r} ends at frame {segment.stop_frame} but the video has "
                              f"{probe['frames']} frames")
         info["ok"] = probe["ok"] and not info["error"]
-        info.update(file_identity(segment.path))
+        if info["ok"]:
+            info.update(size_bytes=os.path.getsize(segment.path), sha256=file_sha256(segment.path))
         return info
     paths = [Path(segment.path) / epic_frame_name(f) for f in range(segment.start_frame, segment.stop_frame + 1)]
     absent = [p for p in paths if not p.is_file()]
