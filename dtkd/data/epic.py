@@ -178,3 +178,31 @@ def write_epic_fixture(root: str | os.PathLike, *, participants: Sequence[str] =
             w.writeheader()
             w.writerows(rows[fold])
     return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dtkd.data.epic ROOT [--source frames|video|both] ...``: write the fixture."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dtkd.data.epic", description=write_epic_fixture.__doc__.split("\n")[0])
+    p.add_argument("root")
+    p.add_argument("--source", default="frames", choices=("frames", "video", "both"))
+    p.add_argument("--participants", type=int, default=2)
+    p.add_argument("--videos-per-participant", type=int, default=1)
+    p.add_argument("--segments-per-video", type=int, default=4)
+    p.add_argument("--segment-frames", type=int, default=8)
+    p.add_argument("--verbs", type=int, default=3)
+    p.add_argument("--nouns", type=int, default=4)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    root = write_epic_fixture(a.root, participants=[f"P{i + 1:02d}" for i in range(a.participants)],
+                              videos_per_participant=a.videos_per_participant, segments_per_video=a.segments_per_video,
+                              segment_frames=a.segment_frames, num_verbs=a.verbs, num_nouns=a.nouns, size=a.size,
+                              source=a.source, seed=a.seed)
+    print(f"{root}: EPIC-KITCHENS-100 fixture ({a.participants} participants, {a.verbs} verbs, {a.nouns} nouns)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -249,3 +249,11 @@ def test_clip_store_refuses_segments(epic_root, tmp_path):
 
     with pytest.raises(ValueError, match="segments.*store.enabled: false"):
         build_store(build_manifest("epic_kitchens100", epic_root), tmp_path / "store")
+
+
+def test_fixture_cli_writes_a_readable_dataset(tmp_path):
+    from dtkd.data.epic import main
+
+    assert main([str(tmp_path / "e"), "--participants", "1", "--segments-per-video", "2", "--size", "16"]) == 0
+    index = read_epic_kitchens(tmp_path / "e")
+    assert len(index.entries) == 2 and {e.participant_id for e in index.entries} == {"P01"}

@@ -71,3 +71,36 @@ def test_single_label_models_refuse_a_head_metric():
     with pytest.raises(DataMismatch, match="needs a multi-head model"):
         score_clips(model, _loader(rows), rows, num_classes=2, metric="verb")
     assert GateConfig().metric is None and GateConfig(metric="noun").metric == "noun"
+
+
+@pytest.mark.parametrize("source", ["frames", "video"])
+def test_quality_gate_probes_segments_not_whole_sources(tmp_path, source):
+    """Frame-folder segments are decoded (not opened as videos); segments of one video are not
+    duplicates of each other; (video) a segment past its video's end is quarantined, alone."""
+    import csv
+
+    from dtkd.data import DataConfig, build_manifest
+    from dtkd.data.epic import write_epic_fixture
+    from dtkd_ops.quality import rules_for, run_quality_gate
+
+    root = write_epic_fixture(tmp_path / "epic", participants=("P01", "P02"), segments_per_video=3, segment_frames=6,
+                              size=16, source=source)
+    rules = rules_for(DataConfig(dataset="epic_kitchens100", quality={"min_videos_per_class": 0,
+                                                                      "max_class_imbalance": 10}), min_frames=4)
+    manifest = build_manifest("epic_kitchens100", root, on_error="flag")
+    assert set(manifest["source"]) == {source}
+    report = run_quality_gate(manifest, rules)
+    assert report.success and len(report.quarantined) == 0, report.summary()
+    assert report.stats["frames"].tolist() == [6] * len(manifest)
+    if source == "frames":
+        return
+    train = root / "annotations" / "EPIC_100_train.csv"
+    rows = list(csv.DictReader(open(train)))
+    rows[0]["stop_frame"] = "500"
+    with open(train, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    report = run_quality_gate(build_manifest("epic_kitchens100", root, on_error="flag"), rules)
+    assert report.quarantined["video_id"].tolist() == [rows[0]["narration_id"]]
+    assert "ends at frame 500" in report.quarantined["reason"].iloc[0]
