@@ -126,14 +126,18 @@ def write_epic_fixture(root: str | os.PathLike, *, participants: Sequence[str] =
                        size: int = 32, fps: int = 50, source: str = "frames", seed: int = 0) -> Path:
     """A tiny EPIC-KITCHENS-100 in its layout under ``root``: class lists of ``num_verbs`` verbs
     and ``num_nouns`` nouns, and per video ``segments_per_video`` narrations of ``segment_frames``
-    frames separated by ``gap`` background frames; every ``validation_every``-th narration goes to
-    the validation CSV. Labels cycle so that each class appears. ``source``: "frames" (JPEG
+    frames separated by ``gap`` background frames. Narration k (in writing order) has verb
+    k mod V and noun (k mod V + k div V) mod N: rounds of every verb, the nouns shifted by one each
+    round; rounds 1, 1 + ``validation_every``, ... go to the validation CSV, so every verb is in
+    both files (and with >= 3 training rounds every noun is in training). ``source``: "frames" (JPEG
     folders), "video" (one .MP4 per video) or "both". Timestamps are written at ``fps`` and agree
     with the frame columns (:func:`dtkd.data.formats.epic_frame_range`). Returns ``root``."""
     from PIL import Image
 
     if source not in ("frames", "video", "both"):
         raise ValueError(f"source={source!r}; expected frames, video or both")
+    if validation_every < 2:
+        raise ValueError(f"validation_every={validation_every}: need >= 2 (round 1 goes to validation)")
     root = Path(root)
     ann = root / "annotations"
     ann.mkdir(parents=True, exist_ok=True)
@@ -151,12 +155,13 @@ def write_epic_fixture(root: str | os.PathLike, *, participants: Sequence[str] =
             vid = f"{p}_{v + 1:02d}"
             frames = [_frame(0, 0, 0, size, rng) for _ in range(gap)]
             for s in range(segments_per_video):
-                verb, noun = k % num_verbs, (k // num_verbs + k) % num_nouns
+                rnd = k // num_verbs  # rounds of every verb; the nouns shift by one each round
+                verb, noun = k % num_verbs, (k % num_verbs + rnd) % num_nouns
                 start = len(frames) + 1
                 frames += [_frame(verb, noun, t, size, rng) for t in range(segment_frames)]
                 frames += [_frame(0, 0, 0, size, rng) for _ in range(gap)]
                 stop = start + segment_frames - 1
-                fold = "validation" if (k + 1) % validation_every == 0 else "train"
+                fold = "validation" if rnd % validation_every == 1 else "train"
                 rows[fold].append({
                     "narration_id": f"{vid}_{s}", "participant_id": p, "video_id": vid,
                     "narration_timestamp": _timestamp((start - 1) / fps), "start_timestamp": _timestamp((start - 1) / fps),

@@ -52,11 +52,12 @@ def test_reads_every_narration_with_both_heads(epic_root):
     assert index.heads == {"verb": ["verb0", "verb1", "verb2"], "noun": ["noun0", "noun1", "noun2", "noun3"]}
     assert sorted(e.video_id for e in index.entries) == [f"P0{p}_01_{s}" for p in (1, 2) for s in range(3)]
     by_id = {e.video_id: e for e in index.entries}
-    # k = 0..5 in write order; labels cycle: verb = k % 3, noun = (k // 3 + k) % 4; k = 2, 5 -> validation.
+    # k = 0..5 in write order: verb = k % 3, round r = k // 3, noun = (k % 3 + r) % 4; round 1 -> validation
     assert by_id["P01_01_0"].labels == (("verb", 0), ("noun", 0))
-    assert by_id["P02_01_1"].labels == (("verb", 1), ("noun", 1))   # k = 4: noun (1 + 4) % 4
-    assert by_id["P01_01_2"].split == "test" and by_id["P02_01_2"].split == "test"
-    assert sum(e.split == "train" for e in index.entries) == 4
+    assert by_id["P02_01_1"].labels == (("verb", 1), ("noun", 2))   # k = 4: verb 1, noun (1 + 1) % 4
+    assert by_id["P01_01_2"].labels == (("verb", 2), ("noun", 2)) and by_id["P01_01_2"].split == "train"
+    assert {e.split for e in index.entries if e.participant_id == "P02"} == {"test"}
+    assert sum(e.split == "train" for e in index.entries) == 3
     # gap 2, then 6-frame segments each followed by 2 gap frames: 3..8, 11..16, 19..24
     assert [(by_id[f"P01_01_{s}"].start_frame, by_id[f"P01_01_{s}"].stop_frame) for s in range(3)] == \
         [(3, 8), (11, 16), (19, 24)]
@@ -126,7 +127,7 @@ def test_out_of_range_class_names_line_and_narration(epic_root, tmp_path):
         return rows, f
 
     _rewrite(root / "annotations" / EPIC_FILES["validation"], edit)
-    with pytest.raises(AnnotationError, match=r"line 3, narration 'P02_01_2'.*noun_class 4"):
+    with pytest.raises(AnnotationError, match=r"line 3, narration 'P02_01_1'.*noun_class 4"):
         read_epic_kitchens(root)
 
 
@@ -196,12 +197,12 @@ def test_manifest_of_segments_with_heads(epic_root):
     from dtkd.data.manifest import heads_of
 
     m = build_manifest("epic_kitchens100", epic_root)
-    assert len(m) == 6 and set(m["split"]) == {"train", "test"}
+    assert len(m) == 6 and (m["split"] == "test").sum() == 3
     layout = heads_of(m)
     assert layout.as_dict() == {"verb": 3, "noun": 4} and num_classes_of(m) == 12
     row = m.set_index("video_id").loc["P02_01_1"]
-    assert (row["label_verb"], row["label_noun"], row["label_idx"]) == (1, 1, 1 * 4 + 1)
-    assert row["label"] == "verb1/noun1" and row["frames"] == 6 and (row["start_frame"], row["stop_frame"]) == (11, 16)
+    assert (row["label_verb"], row["label_noun"], row["label_idx"]) == (1, 2, 1 * 4 + 2)
+    assert row["label"] == "verb1/noun2" and row["frames"] == 6 and (row["start_frame"], row["stop_frame"]) == (11, 16)
     assert (row["width"], row["height"], row["fps"]) == (16, 16, 50.0) and row["source"] == "frames"
     # content identity: the segment's frame files; another segment of the same folder differs
     assert row["sha256"] != m.set_index("video_id").loc["P02_01_0", "sha256"]
@@ -214,7 +215,7 @@ def test_manifest_flags_a_segment_past_the_end_of_its_video(epic_root, tmp_path)
     from dtkd.data import build_manifest
 
     root = _copy(epic_root, tmp_path)
-    shutil.rmtree(root / "P02" / "rgb_frames")
+    shutil.rmtree(root / "P01" / "rgb_frames")
 
     def edit(rows, f):
         rows[-1]["stop_frame"] = "400"
@@ -222,9 +223,9 @@ def test_manifest_flags_a_segment_past_the_end_of_its_video(epic_root, tmp_path)
 
     _rewrite(root / "annotations" / EPIC_FILES["train"], edit)
     m = build_manifest("epic_kitchens100", root, on_error="flag").set_index("video_id")
-    assert not m.loc["P02_01_1", "ok"] and "ends at frame 400" in m.loc["P02_01_1", "error"]
+    assert not m.loc["P01_01_2", "ok"] and "ends at frame 400" in m.loc["P01_01_2", "error"]
     assert m["ok"].sum() == 5
-    with pytest.raises(VideoDecodeError, match="P02_01_1"):
+    with pytest.raises(VideoDecodeError, match="P01_01_2"):
         build_manifest("epic_kitchens100", root)
 
 
@@ -235,10 +236,10 @@ def test_clip_dataset_reads_the_segment_not_the_whole_video(epic_root, source):
     m = build_manifest("epic_kitchens100", epic_root, source=source)
     view = ViewSpec(frames=6, sampling_rate=1, crop_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     ds = ClipDataset(m, "test", {"student": view}, train=False)
-    i = ds._ids.index("P01_01_2")
+    i = ds._ids.index("P02_01_2")
     item = ds[i]
-    assert item["label"] == m.set_index("video_id").loc["P01_01_2", "label_idx"]
-    seg = next(e for e in read_epic_kitchens(epic_root, source=source).entries if e.video_id == "P01_01_2")
+    assert item["label"] == m.set_index("video_id").loc["P02_01_2", "label_idx"]
+    seg = next(e for e in read_epic_kitchens(epic_root, source=source).entries if e.video_id == "P02_01_2")
     want = read_segment(seg, range(6)).permute(3, 0, 1, 2).float() / 255  # (C, T, H, W), no crop needed at 16 px
     assert item["inputs"]["student"].shape == (1, 3, 6, 16, 16)
     assert torch.allclose(item["inputs"]["student"][0], want, atol=1e-5)
