@@ -286,9 +286,15 @@ def evaluate_on_test_split(model, view: ViewSpec, manifest: pd.DataFrame, gate, 
 
 def gate_tags(manifest: pd.DataFrame, evaluation: EvalConfig, split: str = "test") -> dict[str, str]:
     """Version tags that let ``dtkd gate`` judge a candidate exactly as the pipeline did."""
+    from dtkd.data.manifest import head_class_names, heads_of
+
     protocol = {"num_clips": evaluation.num_clips, "num_crops": evaluation.num_crops}
+    heads = heads_of(manifest)
+    # a multi-head model predicts each head's classes (not the actions this manifest happens to hold)
+    classes = class_names(manifest) if heads is None else [
+        f"{h}:{name}" for h in heads.names for name in head_class_names(manifest, h)]
     return {TAG_TEST_FINGERPRINT: manifest_fingerprint(manifest, split), TAG_PROTOCOL: json.dumps(protocol),
-            TAG_CLASSES: json.dumps(class_names(manifest))}
+            TAG_CLASSES: json.dumps(classes)}
 
 
 def recorded_classes(ref: ModelVersionRef) -> Optional[list[str]]:

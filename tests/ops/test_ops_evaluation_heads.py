@@ -104,3 +104,13 @@ def test_quality_gate_probes_segments_not_whole_sources(tmp_path, source):
     report = run_quality_gate(build_manifest("epic_kitchens100", root, on_error="flag"), rules)
     assert report.quarantined["video_id"].tolist() == [rows[0]["narration_id"]]
     assert "ends at frame 500" in report.quarantined["reason"].iloc[0]
+
+
+def test_gate_tags_record_each_heads_classes_not_the_actions_present():
+    import json
+
+    from dtkd.config import EvalConfig
+    from dtkd_ops.evaluation import TAG_CLASSES, gate_tags
+
+    rows = _rows([0, 1], [2, 2]).assign(label=["v0/n2", "v1/n2"])
+    assert json.loads(gate_tags(rows, EvalConfig())[TAG_CLASSES]) == ["verb:v0", "verb:v1", "noun:0", "noun:1", "noun:n2"]
