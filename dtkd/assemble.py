@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader
 from dtkd import models
 from dtkd.config import DistillStage, EvalConfig, ModelRef, PretrainStage, TeacherStage
 from dtkd.data import STUDENT_VIEW, ClipDataset, DataConfig, ViewSpec, num_classes_of
+from dtkd.data.heads import HeadLayout
+from dtkd.data.manifest import heads_of
 from dtkd.distill import DistillConfig, Distiller, TeacherRef, build_distiller
 from dtkd.engine import Trainer, TrainConfig, TrainResult
 from dtkd.eval import EvalResult, evaluate
@@ -79,7 +81,15 @@ def evaluate_model(model: nn.Module, view: ViewSpec, manifest: pd.DataFrame, eva
                    data: DataConfig | None = None, *, split: str = "test", device: torch.device | None = None) -> EvalResult:
     """Multi-view accuracy of ``model`` on ``split`` (the evaluation protocol of ``evaluation``)."""
     loader = test_loader(manifest, view, evaluation, data, split=split)
-    return evaluate(model, loader, num_classes=num_classes_of(manifest), view=STUDENT_VIEW, device=device or default_device())
+    return evaluate(model, loader, num_classes=num_classes_of(manifest), view=STUDENT_VIEW, device=device or default_device(),
+                    heads=heads_of(manifest))
+
+
+def output_size(manifest: pd.DataFrame) -> int:
+    """Logits a model of this manifest has: its class count, or for a multi-head manifest
+    (``heads`` column, e.g. EPIC-KITCHENS' verb and noun) the heads' class counts side by side."""
+    heads = heads_of(manifest)
+    return heads.total if heads is not None else num_classes_of(manifest)
 
 
 def validation_split(manifest: pd.DataFrame) -> str:
@@ -111,6 +121,7 @@ class Job:
     test: Optional[DataLoader] = None  # the evaluation protocol's test loader
     num_classes: Optional[int] = None
     diagnostics: Optional[EpochDiagnostics] = None
+    heads: Optional[HeadLayout] = None  # a multi-head student: evaluate() reports every head and the action
 
     @property
     def model(self) -> nn.Module:
@@ -130,7 +141,7 @@ class Job:
         if self.test is None:
             raise ValueError("this job has no test loader")
         return evaluate(model or self.model, self.test, num_classes=self.num_classes, view=STUDENT_VIEW,
-                        device=device or default_device())
+                        device=device or default_device(), heads=self.heads)
 
 
 def _loaders(stage: TeacherStage | PretrainStage | DistillStage, manifest: pd.DataFrame, views: dict[str, ViewSpec]) -> dict:
@@ -160,13 +171,13 @@ def _training_splits(stage, manifest: pd.DataFrame) -> tuple[str, ...]:
 def _teacher_job(stage: TeacherStage | PretrainStage, manifest: pd.DataFrame, teachers: Mapping[str, nn.Module]) -> Job:
     """Train one model with cross-entropy (the ``none`` distiller) on the train split: a teacher
     fine-tuned on the task, or any role's model pretrained on the pretraining corpus."""
-    n = num_classes_of(manifest)
+    n, heads = num_classes_of(manifest), heads_of(manifest)
     torch.manual_seed(stage.train.seed)  # the initial weights follow the config's seed
-    model = build_model(stage.model, n)
-    module = build_distiller(DistillConfig(method="none"), model, models.get_spec(stage.model.name), [])
+    model = build_model(stage.model, output_size(manifest))
+    module = build_distiller(DistillConfig(method="none"), model, models.get_spec(stage.model.name), [], heads=heads)
     loaders = _loaders(stage, manifest, {STUDENT_VIEW: stage.model.view()})
     return Job(module=module, train=loaders["train"], train_cfg=stage.train, val=loaders["val"],
-               test=loaders["test"], num_classes=n)
+               test=loaders["test"], num_classes=n, heads=heads)
 
 
 @STAGES.register("distill")
@@ -175,20 +186,20 @@ def _distill_job(stage: DistillStage, manifest: pd.DataFrame, teachers: Mapping[
     missing = sorted(set(stage.teachers) - set(teachers))
     if missing:
         raise ValueError(f"the distill stage needs trained teachers for {missing}")
-    n = num_classes_of(manifest)
+    n, heads = num_classes_of(manifest), heads_of(manifest)
     torch.manual_seed(stage.train.seed)  # the initial student (and the SDB) follow the config's seed
-    student = build_model(stage.student, n)
+    student = build_model(stage.student, output_size(manifest))
     views = {STUDENT_VIEW: stage.student.view()}
     refs = []
     for role, ref in stage.teachers.items():
         views[role] = ref.view()
         refs.append(TeacherRef(name=role, model=teachers[role].eval(), spec=models.get_spec(ref.name), role=role))
-    module = build_distiller(stage.distill, student, models.get_spec(stage.student.name), refs)
+    module = build_distiller(stage.distill, student, models.get_spec(stage.student.name), refs, heads=heads)
     diagnostics = EpochDiagnostics(module)
     loaders = _loaders(stage, manifest, views)
     return Job(module=module, train=loaders["train"], train_cfg=stage.train, val=loaders["val"],
                callbacks=[diagnostics], test=loaders["test"], num_classes=n,
-               diagnostics=diagnostics)
+               diagnostics=diagnostics, heads=heads)
 
 
 def build_job(stage: TeacherStage | PretrainStage | DistillStage, manifest: pd.DataFrame, *,

@@ -135,7 +135,7 @@ def _evaluator(args, cfg, registry):
     classes = recorded_classes(candidate)
     return TestSplitEvaluator(manifest, split=args.split, evaluation=recorded_protocol(candidate, args.batch_size),
                               device=args.device, input_shape=cfg.latency.input_shape,
-                              num_classes=len(classes) if classes else None)
+                              num_classes=len(classes) if classes else None, metric=cfg.metric)
 
 
 def _cmd_gate(args, *, promote: bool) -> int:

@@ -77,18 +77,39 @@ class Evaluator(Protocol):
 # ----------------------------------------------------------------------------- accuracy
 
 
+def head_metric(heads, metric: Optional[str]) -> Optional[str]:
+    """The top-1 the gate compares (``GateConfig.metric``), checked against the model's labels:
+    single-label: None (or "top1"); multi-head: a head's name or "action" (None: "action")."""
+    if heads is None:
+        if metric not in (None, "top1"):
+            raise DataMismatch(f"gate metric {metric!r} needs a multi-head model; this one has one label (use null)")
+        return None
+    choices = (*heads.names, "action")
+    metric = "action" if metric in (None, "top1") else metric
+    if metric not in choices:
+        raise DataMismatch(f"gate metric {metric!r}: this model's choices are {list(choices)}")
+    return metric
+
+
 def score_clips(model, loader, split_rows: pd.DataFrame, *, num_classes: int, device: str = "cpu",
-                label: str = "model") -> tuple[ClipScores, EvalResult]:
+                label: str = "model", metric: Optional[str] = None) -> tuple[ClipScores, EvalResult]:
     """Run ``model`` over ``loader`` (items carry ``index``, the row of ``split_rows``) once.
 
     Raises :class:`DataMismatch` when the model's output has another class count than the split:
-    its predictions would index other labels."""
+    its predictions would index other labels. A multi-head split (``heads`` column): the clips'
+    correctness is ``metric``'s (a head or the action, :func:`head_metric`) and ``extra`` holds
+    every head's and the action's top-1/top-5."""
     import torch.nn.functional as F
 
+    from dtkd.data.manifest import heads_of
     from dtkd.data.views import STUDENT_VIEW
     from dtkd.eval.metrics import topk_correct, view_averaged_logits
 
     logits, targets, index = _predict(model, loader, device, STUDENT_VIEW, view_averaged_logits)
+    heads = heads_of(split_rows)
+    if heads is not None:
+        return _score_heads(logits, targets, index, split_rows, heads, head_metric(heads, metric), label)
+    head_metric(None, metric)
     if logits.shape[1] != num_classes:
         raise DataMismatch(f"{label} predicts {logits.shape[1]} classes, the test split has {num_classes}: "
                            f"it was trained on other labels")
@@ -105,6 +126,39 @@ def score_clips(model, loader, split_rows: pd.DataFrame, *, num_classes: int, de
     result = EvalResult(sum(correct) / n, top5, loss, n, confusion, per_class)
     scores = ClipScores(tuple(ids), tuple(bool(c) for c in correct), manifest_fingerprint(split_rows),
                         {"top5": float(top5), "loss": loss})
+    return scores, result
+
+
+def _score_heads(logits, targets, index, split_rows, heads, metric: str, label: str) -> tuple[ClipScores, EvalResult]:
+    """:func:`score_clips` for a multi-head model (dtkd.data.heads): the confusion matrix and
+    per-class recall are the first head's; EvalResult.top1/top5 the action's."""
+    from dtkd.eval.metrics import cross_entropy_sum, head_counts
+
+    if logits.shape[1] != heads.total:
+        raise DataMismatch(f"{label} has {logits.shape[1]} outputs, the test split's heads {heads.as_dict()} need "
+                           f"{heads.total}: it was trained on other labels")
+    n = len(targets)
+    parts, ys = heads.split(logits), heads.decode(targets)
+    rates = {k: v / n for k, v in head_counts(logits, targets, heads).items()}
+    if metric == "action":
+        right = None
+        for name in heads.names:
+            hit = parts[name].argmax(1) == ys[name]
+            right = hit if right is None else right & hit
+    else:
+        right = parts[metric].argmax(1) == ys[metric]
+    first = heads.names[0]
+    k = heads.sizes[0]
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (ys[first].numpy(), parts[first].argmax(1).numpy()), 1)
+    support = confusion.sum(axis=1)
+    per_class = [float(confusion[i, i] / s) if s else float("nan") for i, s in enumerate(support)]
+    loss = float(cross_entropy_sum(logits, targets, heads)) / n
+    result = EvalResult(rates["action_top1"], rates["action_top5"], loss, n, confusion, per_class, rates)
+    ids = split_rows["video_id"].astype(str).to_numpy()[index.numpy()]
+    top5 = rates["action_top5"] if metric == "action" else rates[f"{metric}_top5"]
+    scores = ClipScores(tuple(ids), tuple(bool(c) for c in right.tolist()), manifest_fingerprint(split_rows),
+                        {"top5": float(top5), "loss": loss, **rates})
     return scores, result
 
 
@@ -173,7 +227,8 @@ class TestSplitEvaluator:
 
     def __init__(self, manifest: Union[pd.DataFrame, str, Path], *, split: str = "test",
                  evaluation: Optional[EvalConfig] = None, data: Optional[DataConfig] = None,
-                 device: str = "cpu", input_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None):
+                 device: str = "cpu", input_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None,
+                 metric: Optional[str] = None):
         df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
         if not (df["split"] == split).any():
             raise ValueError(f"manifest has no '{split}' rows (splits: {sorted(df['split'].unique())})")
@@ -183,6 +238,7 @@ class TestSplitEvaluator:
         self.rows = df[df["split"] == split].reset_index(drop=True)  # ClipDataset's row order
         self.num_classes = num_classes or num_classes_of(df)  # a test-only manifest may lack the last class
         self.input_shape = list(input_shape) if input_shape else None
+        self.metric = metric  # GateConfig.metric: which top-1 a multi-head model's clips are scored on
 
     def view(self, ref: ModelVersionRef) -> ViewSpec:
         spec = input_spec_of(ref)
@@ -195,7 +251,8 @@ class TestSplitEvaluator:
         from dtkd.assemble import test_loader
 
         loader = test_loader(self.manifest, view, self.evaluation, self.data, split=self.split)
-        return score_clips(model, loader, self.rows, num_classes=self.num_classes, device=self.device, label=label)
+        return score_clips(model, loader, self.rows, num_classes=self.num_classes, device=self.device, label=label,
+                           metric=self.metric)
 
     def latency_input(self, ref: ModelVersionRef) -> list[int]:
         if self.input_shape:
@@ -212,7 +269,7 @@ def evaluate_on_test_split(model, view: ViewSpec, manifest: pd.DataFrame, gate, 
     protocol, alone), GFLOPs with ``flops``, and the split's ``dataset_fingerprint``. The gate
     does not take these: it measures candidate and champion itself, side by side."""
     ev = TestSplitEvaluator(manifest, split=split, evaluation=evaluation, data=data, device=device,
-                            input_shape=gate.latency.input_shape)
+                            input_shape=gate.latency.input_shape, metric=gate.metric)
     scores, result = ev.evaluate(model, view)
     shape = ev.input_shape or [1, 3, view.frames, view.crop_size, view.crop_size]
     lat = gate.latency
@@ -229,9 +286,15 @@ def evaluate_on_test_split(model, view: ViewSpec, manifest: pd.DataFrame, gate, 
 
 def gate_tags(manifest: pd.DataFrame, evaluation: EvalConfig, split: str = "test") -> dict[str, str]:
     """Version tags that let ``dtkd gate`` judge a candidate exactly as the pipeline did."""
+    from dtkd.data.manifest import head_class_names, heads_of
+
     protocol = {"num_clips": evaluation.num_clips, "num_crops": evaluation.num_crops}
+    heads = heads_of(manifest)
+    # a multi-head model predicts each head's classes (not the actions this manifest happens to hold)
+    classes = class_names(manifest) if heads is None else [
+        f"{h}:{name}" for h in heads.names for name in head_class_names(manifest, h)]
     return {TAG_TEST_FINGERPRINT: manifest_fingerprint(manifest, split), TAG_PROTOCOL: json.dumps(protocol),
-            TAG_CLASSES: json.dumps(class_names(manifest))}
+            TAG_CLASSES: json.dumps(classes)}
 
 
 def recorded_classes(ref: ModelVersionRef) -> Optional[list[str]]:

@@ -64,6 +64,9 @@ class GateConfig(BaseModel):
 
     confidence: float = Field(0.95, gt=0.5, lt=1.0)  # McNemar two-sided: significant when p < 1 - confidence
     min_top1_margin: float = Field(0.0, ge=0.0, lt=1.0)  # minimum top-1 gain (absolute) of a significant win
+    # which top-1 the paired test and the margin compare, for a multi-head model (e.g. EPIC-KITCHENS):
+    # a head's name ("verb", "noun") or "action" (every head right); null = top-1 (multi-head: the action's)
+    metric: Optional[str] = None
     max_params: Optional[int] = Field(None, gt=0)  # None = unlimited
     max_latency_ms: Optional[float] = Field(None, gt=0)  # None = unlimited
     latency: LatencySpec = LatencySpec()

@@ -101,6 +101,49 @@ def probe_one(path: str | Path, *, probe: Callable[[str], dict] = decode_probe, 
     return {k: row.get(k) for k in PROBE_COLUMNS}
 
 
+def segment_stats(manifest: pd.DataFrame) -> pd.DataFrame:
+    """:func:`probe_paths` for a manifest of segments (dtkd.data.manifest.SEGMENT_COLUMNS, e.g.
+    EPIC-KITCHENS-100): one row per segment, every frame of it decoded (a frame folder: its JPEGs;
+    a video: the whole file, once per file). ``frames`` is the segment's length and
+    ``declared_frames`` the same (a truncated segment is undecodable instead). ``sha256``
+    identifies the segment: its frame files' digest, or sha256("<video sha256>:<start>:<stop>")
+    for a video, so that segments of one video are not duplicates of each other."""
+    import hashlib
+
+    from dtkd.data.epic import probe_segment
+    from dtkd.data.formats import Segment
+    from dtkd.data.video import probe_video
+
+    videos: dict[str, dict] = {}
+    rows = []
+    for r in manifest.itertuples(index=False):
+        seg = Segment(str(r.video_id), Path(r.path), str(r.label), str(r.split), source=str(r.source),
+                      start_frame=int(r.start_frame), stop_frame=int(r.stop_frame), fps=float(r.fps))
+        if seg.source == "video":
+            if str(seg.path) not in videos:  # every frame of the file decodes: once per file
+                videos[str(seg.path)] = probe_video(seg.path, verify="full")
+            full = videos[str(seg.path)]
+            info = probe_segment(seg, verify="header")  # this segment's own end check, and the file's hash
+            info["ok"], info["error"] = full["ok"] and info["ok"], full["error"] or info["error"]
+            sha = hashlib.sha256(f"{info['sha256']}:{seg.start_frame}:{seg.stop_frame}".encode()).hexdigest()
+            info.update(frames=seg.num_frames, sha256=sha if info["sha256"] else None)
+        else:
+            info = probe_segment(seg, verify="full")
+        fps = info["fps"] or None
+        rows.append({"decodable": bool(info["ok"]), "frames": seg.num_frames if info["ok"] else 0,
+                     "declared_frames": seg.num_frames, "fps": fps, "width": info["width"] or None,
+                     "height": info["height"] or None, "duration_s": seg.num_frames / fps if fps else None,
+                     "decode_errors": 0, "timestamps_monotonic": True, "error": info["error"] or None,
+                     "size_bytes": info["size_bytes"] or None, "sha256": info["sha256"] or None})
+    df = pd.DataFrame(rows, columns=PROBE_COLUMNS)
+    df["decodable"] = df["decodable"].astype(bool)
+    for col in ("frames", "declared_frames", "width", "height", "size_bytes"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    for col in ("fps", "duration_s"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df
+
+
 def probe_paths(paths: Iterable[str], *, workers: int = 1, probe: Callable[[str], dict] = decode_probe,
                 hash_files: bool = True, sha256: Iterable[str] | None = None) -> pd.DataFrame:
     """Probe every path (in order); one row per path with :data:`PROBE_COLUMNS`. ``sha256``: the

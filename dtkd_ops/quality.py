@@ -31,7 +31,7 @@ from dtkd_ops._gx import GXRunner, failing_rows as _failing_rows
 from dtkd.data.config import QualityRules
 from dtkd.data.manifest import known_sha256
 from dtkd.data.unlabelled import VIDEO_EXTENSIONS
-from dtkd_ops.probe import decode_probe, probe_paths
+from dtkd_ops.probe import decode_probe, probe_paths, segment_stats
 
 REQUIRED_COLUMNS = ("video_id", "path", "label", "split")
 ALLOWED_SPLITS = ("train", "val", "test", "unlabelled")  # unlabelled: the transfer set (no label checks)
@@ -402,9 +402,12 @@ def run_quality_gate(
     _check_manifest(manifest)
     manifest = manifest.reset_index(drop=True)
     t0 = time.perf_counter()
-    stats = probe_paths(manifest["path"].astype(str), workers=workers, probe=probe,
-                        hash_files=rules.check_duplicates,
-                        sha256=known_sha256(manifest))
+    if "start_frame" in manifest.columns:  # segments of longer sources (EPIC-KITCHENS): probed per segment
+        stats = segment_stats(manifest)
+    else:
+        stats = probe_paths(manifest["path"].astype(str), workers=workers, probe=probe,
+                            hash_files=rules.check_duplicates,
+                            sha256=known_sha256(manifest))
     t_probe = time.perf_counter() - t0
 
     t1 = time.perf_counter()

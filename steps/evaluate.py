@@ -13,6 +13,7 @@ from zenml import log_metadata, step
 from dtkd.assemble import default_device
 from dtkd.config import EvalConfig, ModelRef
 from dtkd.data import DataConfig, class_names, num_classes_of
+from dtkd.data.manifest import head_class_names, heads_of
 from dtkd_ops.evaluation import evaluate_on_test_split
 from dtkd_ops.gate import GateConfig
 from steps.tracking import TRACKED, log_confusion_matrix
@@ -28,7 +29,9 @@ def evaluate_student(
     metrics["chance"] = 1.0 / num_classes_of(manifest)
     numbers = {k: float(v) for k, v in metrics.items() if k != "dataset_fingerprint"}
     mlflow.log_metrics({f"test/{k}": v for k, v in numbers.items()})
-    log_confusion_matrix(result.confusion, class_names(manifest))
+    heads = heads_of(manifest)  # multi-head: the confusion matrix is the first head's
+    log_confusion_matrix(result.confusion, class_names(manifest) if heads is None
+                         else head_class_names(manifest, heads.names[0]))
     log_metadata(metadata=numbers)
     print(f"student ({model.name}): test top-1 {metrics['top1']:.4f} "
           f"(top-5 {metrics['top5']:.4f}, {metrics['n']} clips), {metrics['latency_ms']:.1f} ms/clip")

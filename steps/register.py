@@ -50,7 +50,7 @@ def register_student(
         )
 
     evaluator = TestSplitEvaluator(manifest, evaluation=evaluation, data=data, device=str(default_device()),
-                                   input_shape=gate.latency.input_shape)
+                                   input_shape=gate.latency.input_shape, metric=gate.metric)
     decision = promotion.promote_if_better(name, candidate.version, evaluator, gate, registry=store,
                                            dry_run=not registry.auto_promote)
     log_metadata(metadata={"version": candidate.version, "promoted": decision.promoted, "decision": decision.tag,

@@ -91,6 +91,6 @@ def fit_and_test(stage, manifest, name: str):
     with step_checkpoints(name, stage_json, manifest_fingerprint(manifest)) as directory:
         job.fit(callbacks=[MlflowEpochLogger(prefix=f"{name}/")], checkpoint_dir=directory)
     test = job.evaluate()
-    metrics = {"top1": test.top1, "top5": test.top5}
+    metrics = {"top1": test.top1, "top5": test.top5, **test.heads}  # heads: a multi-head model's verb/noun/action
     mlflow.log_metrics({f"{name}/test_{k}": v for k, v in metrics.items()})
     return job, metrics

@@ -47,7 +47,8 @@ def _teacher(manifest: pd.DataFrame, stage: TeacherStage, registry: RegistryConf
     # test clips, paired test), without the student's deployment budgets. A significantly worse
     # teacher never becomes `champion`, and this run distils from the champion instead.
     teacher_gate = gate.model_copy(update={"max_params": None, "max_latency_ms": None})
-    evaluator = TestSplitEvaluator(manifest, evaluation=stage.evaluation, data=stage.data, device=str(default_device()))
+    evaluator = TestSplitEvaluator(manifest, evaluation=stage.evaluation, data=stage.data, device=str(default_device()),
+                                   metric=gate.metric)
     decision = promotion.promote_if_better(registered_name, version.version, evaluator, teacher_gate, registry=store)
     print(decision.report)
     print(f"gate decision for {registered_name} v{version.version}: {decision.tag}")

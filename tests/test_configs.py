@@ -7,7 +7,7 @@ import yaml
 from dtkd.config import ConfigError, load_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_CONFIGS = ["default.yaml", "tiny.yaml", "paper_hmdb51.yaml"]
+RUN_CONFIGS = ["default.yaml", "tiny.yaml", "paper_hmdb51.yaml", "epic_tiny.yaml"]
 
 
 @pytest.mark.parametrize("name", RUN_CONFIGS)

@@ -99,7 +99,8 @@ class QualityRules(_Strict):
     min_width: int = Field(16, ge=1)
     min_height: int = Field(16, ge=1)
     min_duration_s: float = Field(0.0, ge=0)
-    min_videos_per_class: int = Field(1, ge=1, description="per split, after quarantine")
+    min_videos_per_class: int = Field(1, ge=0, description="per split, after quarantine (0: a class may be absent "
+                                      "from a split, e.g. the actions of a multi-head dataset such as EPIC-KITCHENS)")
     max_class_imbalance: float = Field(3.0, ge=1.0, description="max/min videos per class within a split")
     max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
     required_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "test"])

@@ -105,6 +105,12 @@ class ClipDataset(Dataset):
         self._sha256 = known_sha256(rows)
         self._labels = rows["label_idx"].astype(int).tolist()
         self._frames = rows["frames"].astype(int).tolist()
+        # Segments of longer sources (a multi-head manifest, e.g. EPIC-KITCHENS): frame i of a clip
+        # is frame start_frame + i of its source (1-based), a JPEG folder or a video.
+        self._segments = None
+        if "start_frame" in rows.columns:
+            self._segments = list(zip(rows["source"].astype(str), rows["start_frame"].astype(int),
+                                      rows["stop_frame"].astype(int)))
         self.store = ClipStore(store) if store is not None and not isinstance(store, ClipStore) else store
         if self.store is not None:
             absent = [v for v in self._ids if v not in self.store]
@@ -138,6 +144,7 @@ class ClipDataset(Dataset):
         else:
             source = ["files", [sha or file_sha256(p) for p, sha in zip(self._paths, self._sha256)]]
         payload = [self.split, list(zip(self._ids, self._labels, self._frames)), source,
+                   *([self._segments] if self._segments is not None else []),
                    {k: v.model_dump(mode="json") for k, v in self.views.items()}, self.train, self.num_clips,
                    self.num_crops, self.seed, list(self.train_scale), self.flip, self.backend]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
@@ -172,6 +179,13 @@ class ClipDataset(Dataset):
     def _read(self, index: int, indices: np.ndarray) -> torch.Tensor:
         if self.store is not None:
             return self.store.read(self._ids[index], indices)
+        if self._segments is not None:
+            from dtkd.data.epic import read_jpeg_frames
+
+            source, start, _ = self._segments[index]
+            if source == "frames":
+                return read_jpeg_frames(self._paths[index], (np.asarray(indices) + start).tolist())
+            return read_frames(self._paths[index], np.asarray(indices) + start - 1, backend=self.backend)
         return read_frames(self._paths[index], indices, backend=self.backend)
 
     def _decode_union(self, index: int, per_view: list[np.ndarray]):

@@ -243,3 +243,174 @@ def read_ssv2(root: str | os.PathLike, split: int = 1, *, video_dir: str | os.Pa
             vid = str(item["id"])
             entries.append(Entry(vid, videos / f"{vid}.webm", label, split_name))
     return DatasetIndex(entries, classes)
+
+
+# --- EPIC-KITCHENS-100 ---------------------------------------------------------------------------
+# One clip = one narration segment [start_frame, stop_frame] (1-based, inclusive: EPIC's frame
+# files start at frame_0000000001.jpg) of a long video, with one label per head (verb, noun).
+
+EPIC_FILES = {"train": "EPIC_100_train.csv", "validation": "EPIC_100_validation.csv"}
+EPIC_CLASS_FILES = {"verb": "EPIC_100_verb_classes.csv", "noun": "EPIC_100_noun_classes.csv"}
+EPIC_HEADS = ("verb", "noun")
+_EPIC_REQUIRED = ("narration_id", "participant_id", "video_id", "verb_class", "noun_class")
+_EPIC_TIME = re.compile(r"^(?P<h>\d+):(?P<m>[0-5]?\d):(?P<s>\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Segment(Entry):
+    """A narration segment: ``path`` is its source (a JPEG frame folder or a video), frames
+    ``start_frame..stop_frame`` of it (1-based, inclusive), one class index per head."""
+
+    participant_id: str = ""
+    source: str = "frames"  # "frames": <path>/frame_%010d.jpg; "video": a video file
+    start_frame: int = 1
+    stop_frame: int = 1
+    labels: tuple[tuple[str, int], ...] = ()  # ((head, class index), ...) in EPIC_HEADS order
+    fps: float = 0.0  # frame rate of a frame folder (the reader's ``fps``); a video's comes from its probe
+
+    @property
+    def num_frames(self) -> int:
+        return self.stop_frame - self.start_frame + 1
+
+
+@dataclass(frozen=True)
+class MultiHeadIndex(DatasetIndex):
+    """A DatasetIndex whose entries carry one label per head: ``heads`` = {head: class names in
+    index order}. ``classes``/``Entry.label`` hold the first head's, for single-label consumers."""
+
+    heads: dict[str, list[str]] | None = None
+
+
+def epic_timestamp(value: str) -> float:
+    """``HH:MM:SS.ff`` (EPIC's timestamps) -> seconds."""
+    m = _EPIC_TIME.match(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a HH:MM:SS.ff timestamp")
+    return int(m["h"]) * 3600 + int(m["m"]) * 60 + float(m["s"])
+
+
+def epic_frame_range(start_s: float, stop_s: float, fps: float) -> tuple[int, int]:
+    """The 1-based inclusive frames of [start_s, stop_s] at ``fps``: frame f shows [(f-1)/fps,
+    f/fps), so start = floor(start_s * fps) + 1 and stop = max(start, ceil(stop_s * fps))."""
+    import math
+
+    start = math.floor(start_s * fps + 1e-9) + 1
+    return start, max(start, math.ceil(stop_s * fps - 1e-9))
+
+
+def _epic_classes(path: Path, head: str) -> list[str]:
+    """``id,key,...`` rows -> keys in id order; ids must be 0..N-1."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: EPIC {head} class list not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"id", "key"} - set(reader.fieldnames or [])
+        if missing:
+            raise AnnotationError(path, "header", f"missing columns {sorted(missing)}")
+        keys: dict[int, str] = {}
+        for n, row in enumerate(reader, 2):
+            try:
+                keys[int(row["id"])] = row["key"].strip()
+            except ValueError:
+                raise AnnotationError(path, f"line {n}", f"id {row['id']!r} is not an integer") from None
+    if sorted(keys) != list(range(len(keys))) or not keys:
+        raise AnnotationError(path, "id", f"ids must be 0..N-1 without gaps, got {len(keys)} ids up to "
+                              f"{max(keys, default=None)}")
+    return [keys[i] for i in range(len(keys))]
+
+
+def _epic_int(csv_path: Path, n: int, row: dict, field: str) -> int:
+    try:
+        return int(row[field])
+    except (TypeError, ValueError):
+        raise AnnotationError(csv_path, f"line {n}", f"{field} {row[field]!r} is not an integer") from None
+
+
+@DATASETS.register("epic_kitchens100")
+def read_epic_kitchens(root: str | os.PathLike, split: int = 1, *, annotation_dir: str | None = None,
+                       source: str = "auto", segments: str = "auto", fps: float = 50.0,
+                       frames_dir: str = "rgb_frames", video_dir: str = "videos", video_ext: str = ".MP4",
+                       validation_split: str = "test") -> MultiHeadIndex:
+    """EPIC-KITCHENS-100: ``EPIC_100_train.csv`` / ``EPIC_100_validation.csv`` and the class lists
+    ``EPIC_100_{verb,noun}_classes.csv`` in ``root/<annotation_dir>`` (default: ``root/annotations``
+    if it has them, else ``root``). One entry per narration (``video_id`` = its narration_id);
+    sources ``root/<P>/rgb_frames/<video_id>/frame_0000000001.jpg`` (``source="frames"``) or
+    ``root/<P>/videos/<video_id>.MP4`` (``"video"``; ``"auto"``: frames where the folder exists).
+
+    ``segments``: ``"frames"`` reads start_frame/stop_frame, ``"timestamps"`` converts
+    start_timestamp/stop_timestamp at ``fps`` (:func:`epic_frame_range`), ``"auto"`` uses the
+    frame columns when the CSV has them. The validation CSV becomes split ``validation_split``
+    ("test": where results are reported, the test labels being withheld; or "val"). A segment's
+    frame folder and its first and last frame files must exist (a frame count for a video source
+    is the manifest's probe). Errors name the CSV, line, narration and field.
+    """
+    _check_fold("epic_kitchens100", split, (1,))
+    if source not in ("auto", "frames", "video"):
+        raise ValueError(f"epic_kitchens100: source={source!r}; expected auto, frames or video")
+    if segments not in ("auto", "frames", "timestamps"):
+        raise ValueError(f"epic_kitchens100: segments={segments!r}; expected auto, frames or timestamps")
+    if validation_split not in ("val", "test"):
+        raise ValueError(f"epic_kitchens100: validation_split={validation_split!r}; expected val or test")
+    if fps <= 0:
+        raise ValueError(f"epic_kitchens100: fps must be > 0, got {fps}")
+    root = Path(root)
+    if annotation_dir is not None:
+        ann = root / annotation_dir
+    else:
+        ann = root / "annotations" if (root / "annotations" / EPIC_FILES["train"]).is_file() else root
+    heads = {h: _epic_classes(ann / f, h) for h, f in EPIC_CLASS_FILES.items()}
+    entries: list[Segment] = []
+    for fold, name in EPIC_FILES.items():
+        csv_path = ann / name
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path}: EPIC-KITCHENS-100 {fold} annotations not found")
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = set(reader.fieldnames or [])
+            use = segments
+            if use == "auto":
+                use = "frames" if {"start_frame", "stop_frame"} <= columns else "timestamps"
+            timing = ("start_frame", "stop_frame") if use == "frames" else ("start_timestamp", "stop_timestamp")
+            missing = [c for c in (*_EPIC_REQUIRED, *timing) if c not in columns]
+            if missing:
+                raise AnnotationError(csv_path, "header", f"missing columns {missing}")
+            for n, row in enumerate(reader, 2):
+                nid, pid, vid = (row[c].strip() for c in ("narration_id", "participant_id", "video_id"))
+                where = f"line {n}, narration {nid!r}"
+                labels = []
+                for head in EPIC_HEADS:
+                    k = _epic_int(csv_path, n, row, f"{head}_class")
+                    if not 0 <= k < len(heads[head]):
+                        raise AnnotationError(csv_path, where, f"{head}_class {k} is not an id of "
+                                              f"{EPIC_CLASS_FILES[head]} (0..{len(heads[head]) - 1})")
+                    labels.append((head, k))
+                if use == "frames":
+                    start, stop = (_epic_int(csv_path, n, row, c) for c in timing)
+                else:
+                    try:
+                        start, stop = epic_frame_range(*(epic_timestamp(row[c]) for c in timing), fps)
+                    except ValueError as err:
+                        raise AnnotationError(csv_path, where, str(err)) from None
+                if not 1 <= start <= stop:
+                    raise AnnotationError(csv_path, where, f"segment frames {start}..{stop}: need 1 <= start <= stop")
+                folder = root / pid / frames_dir / vid
+                kind = source if source != "auto" else ("frames" if folder.is_dir() else "video")
+                path = folder if kind == "frames" else root / pid / video_dir / f"{vid}{video_ext}"
+                if kind == "frames":
+                    for f in (start, stop):
+                        if not (folder / epic_frame_name(f)).is_file():
+                            raise FileNotFoundError(f"{folder / epic_frame_name(f)}: frame {f} of narration {nid!r} "
+                                                    f"({csv_path.name} line {n}, frames {start}..{stop}) is absent")
+                elif not path.is_file():
+                    raise FileNotFoundError(f"{path}: video of narration {nid!r} ({csv_path.name} line {n}) not "
+                                            f"found (nor its frame folder {folder})")
+                split_name = "train" if fold == "train" else validation_split
+                entries.append(Segment(nid, path, heads[EPIC_HEADS[0]][labels[0][1]], split_name,
+                                       participant_id=pid, source=kind, start_frame=start, stop_frame=stop,
+                                       labels=tuple(labels), fps=float(fps)))
+    return MultiHeadIndex(entries, list(heads[EPIC_HEADS[0]]), heads=heads)
+
+
+def epic_frame_name(frame: int) -> str:
+    """EPIC's JPEG name of 1-based frame ``frame``."""
+    return f"frame_{frame:010d}.jpg"

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 
 from dtkd.data.errors import VideoDecodeError
-from dtkd.data.formats import DATASETS
+from dtkd.data.formats import DATASETS, MultiHeadIndex
 from dtkd.data.video import probe_video
 from dtkd.fsutil import file_sha256
 
@@ -20,6 +20,11 @@ FLAG_COLUMNS = ["ok", "error"]
 ON_ERROR = ("raise", "flag", "skip")
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "unlabelled": 3}
 UNLABELLED = -1  # label_idx of a transfer-set clip (split "unlabelled")
+# A multi-head dataset's manifest (e.g. EPIC-KITCHENS-100) adds: the segment (start_frame,
+# stop_frame, 1-based inclusive, in the source at ``path``; ``source`` "frames" or "video"), the
+# per-head class indices ``label_<head>``, and ``heads`` ("verb:97,noun:300", the same on every
+# row). ``label`` is then the action ("<verb>/<noun>") and ``label_idx`` its HeadLayout code.
+SEGMENT_COLUMNS = ["source", "start_frame", "stop_frame", "heads"]
 
 
 def build_manifest(
@@ -55,6 +60,8 @@ def build_manifest(
             raise ValueError(f"{dataset}: video_id {e.video_id!r} appears twice ({seen[e.video_id]} "
                              f"and {e.path})")
         seen[e.video_id] = str(e.path)
+    if isinstance(index, MultiHeadIndex) and index.heads:
+        return segment_manifest(index, on_error=on_error, verify=verify, workers=workers, what=dataset)
 
     return probed_manifest(index.entries, position, on_error=on_error, verify=verify, workers=workers, what=dataset)
 
@@ -96,6 +103,86 @@ def probed_manifest(entries, position: dict[str, int], *, on_error: str = "raise
     order = df["split"].map(_SPLIT_ORDER)
     df = df.assign(_order=order).sort_values(["_order", "label", "video_id"], kind="stable")
     return df.drop(columns="_order").reset_index(drop=True)
+
+
+def segment_manifest(index: MultiHeadIndex, *, on_error: str = "raise", verify: str = "first_frame",
+                     workers: int = 1, what: str = "dataset") -> pd.DataFrame:
+    """Manifest rows of a multi-head index of segments (formats.Segment), each probed with
+    dtkd.data.epic.probe_segment; columns MANIFEST_COLUMNS + label_<head> + SEGMENT_COLUMNS;
+    ``on_error`` as in :func:`build_manifest` (a video source is hashed once, not per segment)."""
+    from dtkd.data.epic import probe_segment
+    from dtkd.data.heads import HeadLayout
+
+    layout = HeadLayout.of({h: len(names) for h, names in index.heads.items()})
+    spec = ",".join(f"{h}:{n}" for h, n in layout.as_dict().items())
+    hashed: dict[str, dict] = {}
+
+    def probe(e):
+        if e.source == "video" and str(e.path) in hashed:  # same file: probe again (cheap), hash once
+            info = probe_segment(e, verify="header" if verify == "first_frame" else verify)
+            return {**info, **{k: hashed[str(e.path)][k] for k in ("size_bytes", "sha256")}}
+        info = probe_segment(e, verify=verify)
+        if e.source == "video":
+            hashed[str(e.path)] = info
+        return info
+
+    probes = [probe(e) for e in index.entries] if workers <= 1 else list(ThreadPoolExecutor(workers).map(probe, index.entries))
+    rows, bad = [], []
+    for e, info in zip(index.entries, probes):
+        if not info["ok"]:
+            if on_error == "raise":
+                raise VideoDecodeError(e.path, info["error"])
+            bad.append(f"{e.path} ({info['error']})")
+            if on_error == "skip":
+                continue
+        labels = dict(e.labels)
+        code = int(layout.encode({h: [labels[h]] for h in layout.names})[0])
+        row = dict(video_id=e.video_id, path=os.path.abspath(e.path),
+                   label="/".join(index.heads[h][labels[h]] for h in layout.names), label_idx=code, split=e.split,
+                   frames=info["frames"], fps=info["fps"], width=info["width"], height=info["height"],
+                   size_bytes=info["size_bytes"], sha256=info["sha256"],
+                   **{f"label_{h}": labels[h] for h in layout.names},
+                   source=e.source, start_frame=e.start_frame, stop_frame=e.stop_frame, heads=spec)
+        if on_error == "flag":
+            row.update(ok=info["ok"], error=info["error"])
+        rows.append(row)
+    if bad and on_error == "skip":
+        warnings.warn(f"{what}: skipped {len(bad)} unreadable segments, e.g. {bad[0]}", stacklevel=2)
+    columns = (MANIFEST_COLUMNS + [f"label_{h}" for h in layout.names] + SEGMENT_COLUMNS
+               + (FLAG_COLUMNS if on_error == "flag" else []))
+    df = pd.DataFrame(rows, columns=columns)
+    df = df.astype({"label_idx": "int64", "frames": "int64", "fps": "float64", "width": "int64", "height": "int64",
+                    "size_bytes": "int64", "sha256": "str", "start_frame": "int64", "stop_frame": "int64",
+                    **{f"label_{h}": "int64" for h in layout.names}})
+    order = df["split"].map(_SPLIT_ORDER)
+    df = df.assign(_order=order).sort_values(["_order", "label", "video_id"], kind="stable")
+    return df.drop(columns="_order").reset_index(drop=True)
+
+
+def heads_of(manifest: pd.DataFrame):
+    """The HeadLayout of a multi-head manifest (its ``heads`` column), or None."""
+    from dtkd.data.heads import HeadLayout
+
+    if "heads" not in manifest.columns or manifest.empty:
+        return None
+    specs = manifest["heads"].dropna().unique().tolist()
+    if len(specs) != 1:
+        raise ValueError(f"manifest: the heads column must hold one layout, got {specs[:3]}")
+    pairs = [p.split(":") for p in specs[0].split(",")]
+    return HeadLayout(tuple(n for n, _ in pairs), tuple(int(v) for _, v in pairs))
+
+
+def head_class_names(manifest: pd.DataFrame, head: str) -> list[str]:
+    """Class names of one head of a multi-head manifest in index order, from its ``label``
+    ("<verb>/<noun>") and ``label_<head>`` columns; a class no row carries is named by its index."""
+    heads = heads_of(manifest)
+    if heads is None or head not in heads.names:
+        raise ValueError(f"manifest has no head {head!r} (heads: {heads.as_dict() if heads else 'none'})")
+    pos = heads.names.index(head)
+    names = [str(i) for i in range(heads.sizes[pos])]
+    for idx, label in zip(manifest[f"label_{head}"], manifest["label"].astype(str)):
+        names[int(idx)] = label.split("/")[pos]
+    return names
 
 
 def carve_validation(manifest: pd.DataFrame, fraction: float, *, seed: int = 0) -> pd.DataFrame:
@@ -161,6 +248,11 @@ def manifest_fingerprint(manifest: pd.DataFrame, split: str | None = None) -> st
 
 
 def num_classes_of(manifest: pd.DataFrame) -> int:
+    """Classes of a single-label manifest (the largest label_idx + 1); of a multi-head one, the
+    label codes (the product of the heads' class counts: the actions)."""
+    heads = heads_of(manifest)
+    if heads is not None:
+        return heads.combinations
     return int(manifest["label_idx"].max()) + 1
 
 

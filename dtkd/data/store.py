@@ -153,6 +153,9 @@ def build_store(
     Another store there is replaced only with `overwrite=True`, else FileExistsError. Two
     processes building one root: the second waits and reuses the first's (fsutil.one_writer).
     """
+    if "start_frame" in manifest.columns:
+        raise ValueError(f"{root}: the clip store stores whole videos; a manifest of segments (a multi-head dataset "
+                         "such as epic_kitchens100) is not supported yet: set data.store.enabled: false")
     root = Path(root).absolute()
     with one_writer(root, "the clip store"):
         return _build_store(manifest, root, short_side=short_side, shard_bytes=shard_bytes, overwrite=overwrite)

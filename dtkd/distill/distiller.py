@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from dtkd.data.heads import HeadLayout
 from dtkd.data.views import STUDENT_VIEW
 from dtkd.engine import distributed as D
 from dtkd.engine.contract import RunContext, StepOutput, TrainingModule, TrainPlan
 from dtkd.engine.sampling import SeededViews, ViewKey
 
 from .config import DistillConfig
+from .losses.heads import multihead_cross_entropy, per_head
 from .features import TapFactory, default_tap_factory
 from .registry import DISTILLERS
 from .teacher_cache import TeacherCache, cached_plan
@@ -75,9 +77,14 @@ class Distiller(TrainingModule):
     (the subset whose feature maps they need), ``needs_student_features`` and implement
     ``distill_terms``. ``teacher_cache``: a ready cache to take the teachers' outputs from
     (else ``cfg.teacher_cache_views`` > 0 builds one in ``setup``).
+
+    ``heads``: a multi-head student and teachers (dtkd.data.heads: concatenated logits, targets
+    coded per HeadLayout): CE per head, summed; logit terms per head via ``logit_term``. Only
+    methods with ``supports_heads`` accept it.
     """
 
     name: ClassVar[str] = "base"
+    supports_heads: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -88,8 +95,13 @@ class Distiller(TrainingModule):
         *,
         tap_factory: Optional[TapFactory] = None,
         teacher_cache: Optional[TeacherCache] = None,
+        heads: Optional[HeadLayout] = None,
     ) -> None:
         super().__init__()
+        if heads is not None and not self.supports_heads:
+            raise ValueError(f"method {self.name!r} has no multi-head form (heads {heads.as_dict()}); methods with "
+                             f"one: {', '.join(n for n in DISTILLERS.names() if DISTILLERS.get(n).supports_heads)}")
+        self.heads = heads
         self.cfg = cfg
         self.teacher_cache = teacher_cache
         self.student = student
@@ -116,6 +128,13 @@ class Distiller(TrainingModule):
     ) -> dict[str, tuple[float, Tensor]]:
         """name -> (weight, unweighted loss); the total adds weight * loss to CE."""
         return {}
+
+    def logit_term(self, loss: Any, student_logits: Tensor, teacher_logits: Sequence[Tensor], *args: Any) -> Tensor:
+        """``loss(student_logits, teacher_logits, *args)``, or with heads the sum over heads of it
+        on each head's slice (dtkd.distill.losses.heads.per_head)."""
+        if self.heads is None:
+            return loss(student_logits, list(teacher_logits), *args)
+        return per_head(loss, self.heads, student_logits, teacher_logits, *args)
 
     # ----- teachers ------------------------------------------------------------------------
     def teacher_with_role(self, role: str) -> str:
@@ -221,7 +240,10 @@ class Distiller(TrainingModule):
         x = self._view(batch_inputs, STUDENT_VIEW)
         logits, feat = self._run(self.student, self.student_spec, x, self.needs_student_features, "student")
         teachers = self._gather_teachers(batch_inputs, teacher_outputs, logits.device) if self.active_teachers else {}
-        ce = labelled_cross_entropy(logits, target, self.cfg.label_smoothing)
+        if self.heads is None:
+            ce = labelled_cross_entropy(logits, target, self.cfg.label_smoothing)
+        else:
+            ce = multihead_cross_entropy(logits, target, self.heads, self.cfg.label_smoothing)
         terms = self.distill_terms(logits, feat, teachers, target)
         loss = ce
         for weight, value in terms.values():
@@ -318,12 +340,15 @@ def build_distiller(
     *,
     tap_factory: Optional[TapFactory] = None,
     teacher_cache: Optional[TeacherCache] = None,
+    heads: Optional[HeadLayout] = None,
 ) -> Distiller:
     """The registered Distiller named by ``cfg.method``, built around the given models.
 
     ``tap_factory(model, spec)`` defaults to ``dtkd.models.FeatureTap``; tests may pass their own.
+    ``heads``: multi-head models (see :class:`Distiller`); None: single-label, as before.
     """
     if not isinstance(cfg, DistillConfig):
         cfg = DistillConfig.model_validate(cfg)
     cls = DISTILLERS.get(cfg.method)
-    return cls(cfg, student, student_spec, teachers, tap_factory=tap_factory, teacher_cache=teacher_cache)
+    kwargs = {} if heads is None else {"heads": heads}
+    return cls(cfg, student, student_spec, teachers, tap_factory=tap_factory, teacher_cache=teacher_cache, **kwargs)

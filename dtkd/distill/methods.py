@@ -28,6 +28,7 @@ class PlainTraining(Distiller):
     """Cross-entropy only: teacher fine-tuning and the undistilled baseline."""
 
     name = "none"
+    supports_heads = True
 
 
 class _SingleTeacher(Distiller):
@@ -44,21 +45,29 @@ class _SingleTeacher(Distiller):
 
 @DISTILLERS.register("kd")
 class KD(_SingleTeacher):
-    """Hinton KD: CE + alpha * kd_loss."""
+    """Hinton KD: CE + alpha * kd_loss (with heads: summed over heads)."""
 
     name = "kd"
+    supports_heads = True
 
     def distill_terms(
         self, logits: Tensor, features: Optional[Tensor], teachers: TeacherOutputs, target: Tensor
     ) -> Terms:
-        return {"kd": (self.cfg.alpha, kd_loss(logits, teachers[self.teacher_name]["logits"], self.cfg.tau))}
+        kd = self.logit_term(_kd_first, logits, [teachers[self.teacher_name]["logits"]], self.cfg.tau)
+        return {"kd": (self.cfg.alpha, kd)}
+
+
+def _kd_first(student: Tensor, teachers: list[Tensor], tau: float) -> Tensor:
+    return kd_loss(student, teachers[0], tau)
 
 
 @DISTILLERS.register("dkd")
 class DKD(_SingleTeacher):
-    """Decoupled KD: CE + warm-up(epoch) * (dkd_alpha * TCKD + dkd_beta * NCKD)."""
+    """Decoupled KD: CE + warm-up(epoch) * (dkd_alpha * TCKD + dkd_beta * NCKD) (with heads:
+    summed over heads, each with its own target class)."""
 
     name = "dkd"
+    supports_heads = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,7 +81,12 @@ class DKD(_SingleTeacher):
         if self.epoch is None and self.dkd.warmup_epochs > 0 and self.training and not self._warned:
             warnings.warn("DKD warm-up is off: the trainer never called distiller.set_epoch(epoch)", stacklevel=2)
             self._warned = True
-        value = self.dkd(logits, teachers[self.teacher_name]["logits"], target)  # unwarmed: the factor is the weight
+        z_t = teachers[self.teacher_name]["logits"]
+        if self.heads is None:
+            value = self.dkd(logits, z_t, target)  # unwarmed: the factor is the weight
+        else:
+            s, t, y = self.heads.split(logits), self.heads.split(z_t), self.heads.decode(target)
+            value = sum(self.dkd(s[h], t[h], y[h]) for h in self.heads.names)
         return {"dkd": (self.dkd.warmup_factor(self.epoch), value)}
 
 
@@ -82,6 +96,7 @@ class AT(_SingleTeacher):
 
     name = "at"
     uses_features = True
+    supports_heads = True  # feature-level: shared by the heads
 
     def distill_terms(
         self, logits: Tensor, features: Optional[Tensor], teachers: TeacherOutputs, target: Tensor
@@ -95,6 +110,7 @@ class MGD(_SingleTeacher):
 
     name = "mgd"
     uses_features = True
+    supports_heads = True  # feature-level: shared by the heads
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -118,6 +134,7 @@ class RKD(_SingleTeacher):
 
     name = "rkd"
     uses_features = True
+    supports_heads = True  # feature-level: shared by the heads
 
     def distill_terms(
         self, logits: Tensor, features: Optional[Tensor], teachers: TeacherOutputs, target: Tensor
@@ -133,9 +150,13 @@ class DTKD(Distiller):
     L_SR: DATW over all K teachers' logits (mode ``cfg.weighting``). L_SD: SDB on the
     student's last-stage map predicting the fixed residual between the ViT and CNN teachers
     (needs ``prepare``). L_RKD: distances of pooled student vs ViT-teacher features.
+
+    With heads: L_SR per head, each with its own DATW weights (and statistics, ``<head>/datw/..``),
+    summed; L_SD and L_RKD are feature-level and computed once.
     """
 
     name = "dtkd"
+    supports_heads = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # Distiller's arguments
         super().__init__(*args, **kwargs)
@@ -148,7 +169,11 @@ class DTKD(Distiller):
         if self.use_sr:
             if not self.teacher_names:
                 raise ValueError("dtkd with L_SR needs at least one teacher")
-            self.sr = SRLoss(self.teacher_names, cfg.tau, cfg.weighting, cfg.datw_eps, cfg.weights_grad)
+            if self.heads is None:
+                self.sr = SRLoss(self.teacher_names, cfg.tau, cfg.weighting, cfg.datw_eps, cfg.weights_grad)
+            else:
+                self.sr_heads = torch.nn.ModuleDict({h: SRLoss(self.teacher_names, cfg.tau, cfg.weighting, cfg.datw_eps,
+                                                              cfg.weights_grad) for h in self.heads.names})
             self._use_teachers(self.teacher_names, features=False)
         if self.use_sd or self.use_rkd:
             self.vit = self.teacher_with_role("vit")
@@ -178,6 +203,10 @@ class DTKD(Distiller):
         terms: Terms = {}
         if self.sr is not None:
             terms["sr"] = (c.alpha, self.sr(logits, [teachers[n]["logits"] for n in self.teacher_names]))
+        elif self.use_sr:
+            s = self.heads.split(logits)
+            t = [self.heads.split(teachers[n]["logits"]) for n in self.teacher_names]
+            terms["sr"] = (c.alpha, sum(self.sr_heads[h](s[h], [z[h] for z in t]) for h in self.heads.names))
         if self.sdd is not None:
             terms["sd"] = (c.beta, self.sdd(features, teachers[self.vit]["features"], teachers[self.cnn]["features"]))
         if self.use_rkd:
@@ -237,6 +266,12 @@ class DTKD(Distiller):
         if self.sr is not None:
             out = self.sr.stats.summary()
             self.sr.stats.reset()
+        elif self.use_sr:
+            for h, sr in self.sr_heads.items():
+                summary = sr.stats.summary()
+                sr.stats.reset()
+                for kind in ("scalars", "histograms"):
+                    out[kind].update({f"{h}/{k}": v for k, v in summary[kind].items()})
         if self.sdd is not None:
             frac = self.sdd.mask_fraction.mean()
             if frac is not None:

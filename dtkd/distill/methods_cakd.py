@@ -24,6 +24,7 @@ class CAKD(_SingleTeacher):
 
     name = "cakd"
     uses_features = True
+    supports_heads = True  # feature-level: shared by the heads
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # Distiller's arguments
         super().__init__(*args, **kwargs)

@@ -68,6 +68,9 @@ class TrainingModule(nn.Module, ABC):
     """Base class of everything the Trainer trains; subclasses set ``self.student`` in __init__."""
 
     student: nn.Module
+    # A multi-head student (dtkd.data.heads.HeadLayout): the Trainer counts a clip right when every
+    # head is (the action) and validates with the heads' summed CE. None: one label per clip.
+    heads: Optional[Any] = None
 
     @abstractmethod
     def forward(self, inputs: Mapping[str, Tensor], target: Tensor, **extras: Any) -> StepOutput:

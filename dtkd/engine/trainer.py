@@ -18,7 +18,6 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -31,6 +30,7 @@ from dtkd.engine.conv_grad import restore_conv_grad, use_fast_conv_grad
 from dtkd.engine.contract import RunContext, TrainingModule, TrainPlan
 from dtkd.engine.optim import build_optimizer, build_scheduler
 from dtkd.engine.sampling import EpochSampler, SeededViews, ShardSampler, derive_seed
+from dtkd.eval.metrics import top1_correct
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self, loader: DataLoader) -> dict[str, float]:
         """Top-1 and CE of the student on ``loader`` (multi-view clips: mean logits over views),
-        summed over DDP ranks as correct/count, so the result is the exact global accuracy."""
-        from dtkd.eval.metrics import view_averaged_logits
+        summed over DDP ranks as correct/count, so the result is the exact global accuracy. A
+        multi-head module (``heads``): top-1 is the action's (every head right), CE the heads' sum."""
+        from dtkd.eval.metrics import cross_entropy_sum, top1_correct, view_averaged_logits
 
+        heads = self.distiller.heads
         student = self.distiller.student
         student.eval()
         sums = {"n": 0.0, "correct": 0.0, "loss": 0.0}
@@ -178,8 +180,8 @@ class Trainer:
             target = torch.as_tensor(batch["label"]).to(self.device)
             with self._autocast():
                 logits = view_averaged_logits(student, clips).float()
-            sums["loss"] += F.cross_entropy(logits, target, reduction="sum")
-            sums["correct"] += (logits.argmax(1) == target).sum()
+            sums["loss"] += cross_entropy_sum(logits, target, heads)
+            sums["correct"] += top1_correct(logits, target, heads)
             sums["n"] += target.numel()
         self.distiller.train()
         tot = D.all_reduce_sums(sums, self.device)
@@ -332,7 +334,8 @@ class Trainer:
         n = target.numel()
         labelled = target >= 0  # -1: an unlabelled transfer-set clip (no accuracy to count)
         sums = {"n": torch.tensor(float(n), dtype=torch.float64, device=self.device), "loss": f64(loss) * n,
-                "correct": f64((out.logits.detach().argmax(1) == target).sum()), "labelled": f64(labelled.sum())}
+                "correct": f64(top1_correct(out.logits.detach(), target, self.distiller.heads)),
+                "labelled": f64(labelled.sum())}
         sums.update({f"loss/{k}": f64(v) * n for k, v in out.losses.items()})
         return sums
 

@@ -27,7 +27,7 @@ def test_synthetic_knobs_are_generate_synthetic_keywords():
 
 @pytest.mark.parametrize("data, where", [
     ({"datset": "hmdb51"}, "datset"),
-    ({"dataset": "hmdb"}, "unknown dataset 'hmdb'; known: hmdb51, kinetics, ssv2, synthetic, ucf101"),
+    ({"dataset": "hmdb"}, "unknown dataset 'hmdb'; known: epic_kitchens100, hmdb51, kinetics, ssv2, synthetic, ucf101"),
     ({"split": 4}, "split"),
     ({"synthetic": {"num_classes": 9}}, "the target vocabulary has at most 8"),
     ({"synthetic": {"num_classes": 31, "vocabulary": "pretrain"}}, "num_classes"),

@@ -187,8 +187,8 @@ def test_synthetic_is_read_like_hmdb51(synthetic_root):
 
 
 def test_dataset_registry_names():
-    assert DATASETS.names() == ["hmdb51", "kinetics", "ssv2", "synthetic", "ucf101"]
-    with pytest.raises(KeyError, match="unknown dataset 'hmdb'; known: hmdb51, kinetics"):
+    assert DATASETS.names() == ["epic_kitchens100", "hmdb51", "kinetics", "ssv2", "synthetic", "ucf101"]
+    with pytest.raises(KeyError, match="unknown dataset 'hmdb'; known: epic_kitchens100, hmdb51, kinetics"):
         build_manifest("hmdb", "/nowhere")
 
 
