@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.methods import cpu_model  # noqa: E402
 from dtkd.engine.conv_grad import input_grad, use_fast_conv_grad  # noqa: E402
 from dtkd.models.registry import build, get_spec  # noqa: E402
 
@@ -30,16 +30,6 @@ MODELS = {
     "x3d_tiny_m (CNN teacher)": ("x3d_tiny_m", {"spatial_strides": [2, 2, 2, 1], "crop_size": 32}, None),
     "mvit_tiny (ViT teacher)": ("mvit_tiny", {"stem": "conv", "crop_size": 32}, None),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, steps: int) -> float:

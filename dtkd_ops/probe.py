@@ -135,13 +135,7 @@ def segment_stats(manifest: pd.DataFrame) -> pd.DataFrame:
                      "height": info["height"] or None, "duration_s": seg.num_frames / fps if fps else None,
                      "decode_errors": 0, "timestamps_monotonic": True, "error": info["error"] or None,
                      "size_bytes": info["size_bytes"] or None, "sha256": info["sha256"] or None})
-    df = pd.DataFrame(rows, columns=PROBE_COLUMNS)
-    df["decodable"] = df["decodable"].astype(bool)
-    for col in ("frames", "declared_frames", "width", "height", "size_bytes"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("fps", "duration_s"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    return df
+    return _probe_frame(rows)
 
 
 def probe_paths(paths: Iterable[str], *, workers: int = 1, probe: Callable[[str], dict] = decode_probe,
@@ -156,6 +150,11 @@ def probe_paths(paths: Iterable[str], *, workers: int = 1, probe: Callable[[str]
             rows = list(pool.map(fn, zip(paths, known)))
     else:
         rows = [fn(pk) for pk in zip(paths, known)]
+    return _probe_frame(rows)
+
+
+def _probe_frame(rows: list[dict]) -> pd.DataFrame:
+    """Probe rows as a table of :data:`PROBE_COLUMNS` with their dtypes (nullable ints, floats)."""
     df = pd.DataFrame(rows, columns=PROBE_COLUMNS)
     df["decodable"] = df["decodable"].astype(bool)
     for col in ("frames", "declared_frames", "width", "height", "size_bytes"):
