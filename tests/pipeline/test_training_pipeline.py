@@ -49,7 +49,7 @@ out["registered"] = {
 exp = mc.get_experiment_by_name("dtkd")
 out["metric_keys"] = sorted({k for r in mc.search_runs([exp.experiment_id]) for k in r.data.metrics})
 out["lr_params"] = {k: v for r in mc.search_runs([exp.experiment_id]) for k, v in r.data.params.items() if k.endswith("train.lr")}
-out["pretrained_params"] = {k: v for r in mc.search_runs([exp.experiment_id]) for k, v in r.data.params.items() if k.endswith("model.pretrained")}
+out["pretrained_params"] = {k: v for r in mc.search_runs([exp.experiment_id]) for k, v in r.data.params.items() if k.endswith(".pretrained")}
 out["artifacts"] = sorted({a.path for r in mc.search_runs([exp.experiment_id]) for a in mc.list_artifacts(r.info.run_id)})
 validated = [r for r in mc.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
              if any(a.path == "data_docs" for a in mc.list_artifacts(r.info.run_id))]
@@ -102,10 +102,13 @@ class Home:
         cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
         dtkd_cfg = cfg["parameters"]["config"]
         dtkd_cfg["data"]["root"] = str(self.data_repo / "data" / "synthetic")
-        # The teachers start from the backbones the pretraining pipeline registers, by reference.
+        # Teachers and student start from the backbones the pretraining pipeline registers, by
+        # reference, as in configs/default.yaml.
         dtkd_cfg["pretraining"]["data"]["root"] = str(self.data_repo / "data" / "pretrain")
+        dtkd_cfg["pretraining"]["roles"] = ["cnn", "vit", "student"]
         for role in ("cnn", "vit"):
             dtkd_cfg["models"][f"{role}_teacher"]["pretrained"] = f"models:/dtkd-pretrained-{role}@pretrained"
+        dtkd_cfg["models"]["student"]["pretrained"] = "models:/dtkd-pretrained-student@pretrained"
         # The real gate, with a latency budget no loaded CI machine can miss: this module is about
         # the pipeline; the gate's budgets have their own tests in tests/ops.
         gate = yaml.safe_load((REPO / "configs" / "gate.yaml").read_text())
@@ -267,21 +270,22 @@ def test_model_stages_follow_the_mlflow_champion_on_a_rollback(home):
     assert production() == before
 
 
-def test_teachers_are_fine_tuned_from_the_registered_pretrained_backbones(home):
+def test_teachers_and_student_start_from_the_registered_pretrained_backbones(home):
     result = home.query()
     pretraining = [r for r in result["runs"] if r["pipeline"] == "pretraining_pipeline"]
     assert pretraining and pretraining[-1]["status"].endswith("completed")
     assert set(pretraining[-1]["steps"]) == {"ingest_pretraining_corpus", "validate_pretraining_corpus",
-                                             "pretrain_cnn", "pretrain_vit"}
-    for role in ("cnn", "vit"):
+                                             "pretrain_cnn", "pretrain_vit", "pretrain_student"}
+    for role, param in (("cnn", "cnn_teacher.model.pretrained"), ("vit", "vit_teacher.model.pretrained"),
+                        ("student", "student.student.pretrained")):
         registered = result["registered"][f"dtkd-pretrained-{role}"]
         assert {k: int(v) for k, v in registered["aliases"].items()} == {"pretrained": 1}
         tags = registered["versions"]["1"]
         assert tags["dtkd.role"] == f"pretrained_{role}" and tags["dtkd.data.dvc_hash"] not in ("", "none")
         assert tags["dtkd.pretrain.key"]
-        # The alias was pinned to v1 and fetched as a state-dict file the teacher started from.
-        fetched = Path(result["pretrained_params"][f"{role}_teacher.model.pretrained"]).name
-        assert re.fullmatch(rf"dtkd-pretrained-{role}-v1-[0-9a-f]{{12}}\.pt", fetched), fetched
+        # The alias was pinned to v1 and fetched as a state-dict file the model started from.
+        fetched = Path(result["pretrained_params"][param]).name
+        assert re.fullmatch(rf"dtkd-pretrained-{role}-v1-[0-9a-f]{{12}}\.pt", fetched), (param, fetched)
 
     # Pretraining again with nothing changed registers nothing new.
     home.zenml_run("pipelines.pretraining.pretraining_pipeline")
