@@ -37,7 +37,7 @@ class TrainConfig(BaseModel):
     compile: bool = False
     channels_last: Optional[bool] = Field(None, description="None: channels_last_3d on CUDA only")
     fast_conv_grad: bool = Field(True, description="on CPU, compute Conv3d input gradients with the forward kernel "
-                                 "(dtkd.engine.conv_grad: 1.4-1.8x faster X3D steps; gradients equal to rounding)")
+                                 "(dtkd.engine.conv_grad: X3D steps 1.2-1.8x faster; gradients equal to rounding)")
 
     num_workers: int = Field(0, ge=0)
     pin_memory: Optional[bool] = Field(None, description="None: on when training on CUDA")

@@ -42,7 +42,7 @@ def seeded_rng(seed: int):
     random.seed(seed)
     np.random.seed(seed)
     # The CPU generator only: torch.manual_seed also queues a lazy CUDA seeding that records a
-    # Python traceback, 2.4 ms a call, a seventh of a CPU distillation epoch (bench/conv_grad.py).
+    # Python traceback, 2.4 ms a call, a seventh of a CPU distillation epoch (docs/benchmarks.md).
     torch.random.default_generator.manual_seed(seed)
     try:
         yield

@@ -169,7 +169,7 @@ class Trainer:
         """Top-1 and CE of the student on ``loader`` (multi-view clips: mean logits over views),
         summed over DDP ranks as correct/count, so the result is the exact global accuracy. A
         multi-head module (``heads``): top-1 is the action's (every head right), CE the heads' sum."""
-        from dtkd.eval.metrics import cross_entropy_sum, top1_correct, view_averaged_logits
+        from dtkd.eval.metrics import cross_entropy_sum, view_averaged_logits
 
         heads = self.distiller.heads
         student = self.distiller.student
