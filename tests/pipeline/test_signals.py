@@ -39,8 +39,8 @@ def test_one_signal_during_a_teacher_step_stops_the_run(tmp_path, sig):
     home = Home(tmp_path)
     cfg = yaml.safe_load(home.config.read_text())
     models = cfg["parameters"]["config"]["models"]
-    for role in ("cnn", "vit"):  # no pretraining here; a long CNN teacher step to interrupt
-        models[f"{role}_teacher"].pop("pretrained", None)
+    for key in ("cnn_teacher", "vit_teacher", "student"):  # no pretraining here; a long CNN teacher step to interrupt
+        models[key].pop("pretrained", None)
     models["cnn_teacher"].setdefault("training", {})["epochs"] = 200
     home.config.write_text(yaml.safe_dump(cfg))
     _run([sys.executable, "-m", "pipelines.stack"], home.env)
