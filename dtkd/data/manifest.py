@@ -78,28 +78,42 @@ def probed_manifest(entries, position: dict[str, int], *, on_error: str = "raise
     else:
         probes = [probe(p) for p in paths]
 
+    def row_of(e, info) -> dict:
+        return dict(video_id=e.video_id, path=os.path.abspath(e.path), label=e.label,
+                    label_idx=UNLABELLED if e.split == "unlabelled" else position[e.label],
+                    split=e.split, frames=info["frames"], fps=info["fps"], width=info["width"],
+                    height=info["height"], size_bytes=info["size_bytes"], sha256=info["sha256"])
+
+    rows = _manifest_rows(entries, probes, row_of, on_error=on_error, what=what, kind="videos")
+    return _manifest_frame(rows, MANIFEST_COLUMNS, {}, on_error=on_error)
+
+
+def _manifest_rows(entries, probes, row_of, *, on_error: str, what: str, kind: str) -> list[dict]:
+    """One row per entry (``row_of(entry, probe)``), ``on_error`` applied to failed probes:
+    raise, flag (``ok``/``error`` columns) or skip (with one warning naming the first)."""
     rows, bad = [], []
-    for e, path, info in zip(entries, paths, probes):
+    for e, info in zip(entries, probes):
         if not info["ok"]:
             if on_error == "raise":
-                raise VideoDecodeError(path, info["error"])
-            bad.append(f"{path} ({info['error']})")
+                raise VideoDecodeError(os.path.abspath(e.path), info["error"])
+            bad.append(f"{os.path.abspath(e.path)} ({info['error']})")
             if on_error == "skip":
                 continue
-        row = dict(video_id=e.video_id, path=path, label=e.label,
-                   label_idx=UNLABELLED if e.split == "unlabelled" else position[e.label],
-                   split=e.split, frames=info["frames"], fps=info["fps"], width=info["width"],
-                   height=info["height"], size_bytes=info["size_bytes"], sha256=info["sha256"])
+        row = row_of(e, info)
         if on_error == "flag":
             row.update(ok=info["ok"], error=info["error"])
         rows.append(row)
     if bad and on_error == "skip":
-        warnings.warn(f"{what}: skipped {len(bad)} unreadable videos, e.g. {bad[0]}", stacklevel=2)
+        warnings.warn(f"{what}: skipped {len(bad)} unreadable {kind}, e.g. {bad[0]}", stacklevel=3)
+    return rows
 
-    columns = MANIFEST_COLUMNS + (FLAG_COLUMNS if on_error == "flag" else [])
-    df = pd.DataFrame(rows, columns=columns)
+
+def _manifest_frame(rows: list[dict], columns: list[str], dtypes: dict[str, str], *, on_error: str) -> pd.DataFrame:
+    """The manifest table: typed columns, rows in split order (train, val, test, unlabelled),
+    then by label and video_id."""
+    df = pd.DataFrame(rows, columns=columns + (FLAG_COLUMNS if on_error == "flag" else []))
     df = df.astype({"label_idx": "int64", "frames": "int64", "fps": "float64", "width": "int64",
-                    "height": "int64", "size_bytes": "int64", "sha256": "str"})
+                    "height": "int64", "size_bytes": "int64", "sha256": "str", **dtypes})
     order = df["split"].map(_SPLIT_ORDER)
     df = df.assign(_order=order).sort_values(["_order", "label", "video_id"], kind="stable")
     return df.drop(columns="_order").reset_index(drop=True)
@@ -127,36 +141,21 @@ def segment_manifest(index: MultiHeadIndex, *, on_error: str = "raise", verify: 
         return info
 
     probes = [probe(e) for e in index.entries] if workers <= 1 else list(ThreadPoolExecutor(workers).map(probe, index.entries))
-    rows, bad = [], []
-    for e, info in zip(index.entries, probes):
-        if not info["ok"]:
-            if on_error == "raise":
-                raise VideoDecodeError(e.path, info["error"])
-            bad.append(f"{e.path} ({info['error']})")
-            if on_error == "skip":
-                continue
+    def row_of(e, info) -> dict:
         labels = dict(e.labels)
         code = int(layout.encode({h: [labels[h]] for h in layout.names})[0])
-        row = dict(video_id=e.video_id, path=os.path.abspath(e.path),
-                   label="/".join(index.heads[h][labels[h]] for h in layout.names), label_idx=code, split=e.split,
-                   frames=info["frames"], fps=info["fps"], width=info["width"], height=info["height"],
-                   size_bytes=info["size_bytes"], sha256=info["sha256"],
-                   **{f"label_{h}": labels[h] for h in layout.names},
-                   source=e.source, start_frame=e.start_frame, stop_frame=e.stop_frame, heads=spec)
-        if on_error == "flag":
-            row.update(ok=info["ok"], error=info["error"])
-        rows.append(row)
-    if bad and on_error == "skip":
-        warnings.warn(f"{what}: skipped {len(bad)} unreadable segments, e.g. {bad[0]}", stacklevel=2)
-    columns = (MANIFEST_COLUMNS + [f"label_{h}" for h in layout.names] + SEGMENT_COLUMNS
-               + (FLAG_COLUMNS if on_error == "flag" else []))
-    df = pd.DataFrame(rows, columns=columns)
-    df = df.astype({"label_idx": "int64", "frames": "int64", "fps": "float64", "width": "int64", "height": "int64",
-                    "size_bytes": "int64", "sha256": "str", "start_frame": "int64", "stop_frame": "int64",
-                    **{f"label_{h}": "int64" for h in layout.names}})
-    order = df["split"].map(_SPLIT_ORDER)
-    df = df.assign(_order=order).sort_values(["_order", "label", "video_id"], kind="stable")
-    return df.drop(columns="_order").reset_index(drop=True)
+        return dict(video_id=e.video_id, path=os.path.abspath(e.path),
+                    label="/".join(index.heads[h][labels[h]] for h in layout.names), label_idx=code, split=e.split,
+                    frames=info["frames"], fps=info["fps"], width=info["width"], height=info["height"],
+                    size_bytes=info["size_bytes"], sha256=info["sha256"],
+                    **{f"label_{h}": labels[h] for h in layout.names},
+                    source=e.source, start_frame=e.start_frame, stop_frame=e.stop_frame, heads=spec)
+
+    rows = _manifest_rows(index.entries, probes, row_of, on_error=on_error, what=what, kind="segments")
+    head_columns = [f"label_{h}" for h in layout.names]
+    return _manifest_frame(rows, MANIFEST_COLUMNS + head_columns + SEGMENT_COLUMNS,
+                           {"start_frame": "int64", "stop_frame": "int64", **{c: "int64" for c in head_columns}},
+                           on_error=on_error)
 
 
 def heads_of(manifest: pd.DataFrame):

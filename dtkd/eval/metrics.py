@@ -124,14 +124,13 @@ def evaluate(
         target = torch.as_tensor(batch["label"]).to(device)
         logits = view_averaged_logits(model, clips).float()
         n += len(target)
+        loss_sum += float(cross_entropy_sum(logits, target, heads))
         if heads is not None:
-            loss_sum += float(cross_entropy_sum(logits, target, heads))
             for k, v in head_counts(logits, target, heads).items():
                 counts[k] = counts.get(k, 0) + v
             first = heads.names[0]
             pred, target = heads.split(logits)[first].argmax(dim=1), heads.decode(target)[first]
         else:
-            loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
             correct1 += topk_correct(logits, target, 1)
             correct5 += topk_correct(logits, target, 5)
             pred = logits.argmax(dim=1)
