@@ -45,7 +45,7 @@ def test_multihead_teachers_and_dtkd_student_report_verb_noun_action(epic_manife
                          distill=DistillConfig(method="dtkd", prepare_max_batches=1), train=TRAIN, data=DATA,
                          evaluation=EvalConfig(batch_size=4))
     job = build_job(stage, epic_manifest, teachers={"cnn": cnn.model, "vit": vit.model})
-    assert job.module.heads == cnn.heads and set(job.module.sr_heads) == {"verb", "noun"}
+    assert job.module.heads == cnn.heads and set(job.module.sr) == {"verb", "noun"}
     result = job.fit(device=torch.device("cpu"), progress=False)
     assert 0.0 <= result.history[-1]["val_top1"] <= 1.0
     test = job.evaluate(device=torch.device("cpu"))

@@ -42,6 +42,20 @@ class HeadLayout:
         return dict(zip(self.names, self.sizes))
 
     @property
+    def spec(self) -> str:
+        """The layout as one string, ``"verb:97,noun:300"`` (a manifest's ``heads`` column)."""
+        return ",".join(f"{n}:{s}" for n, s in zip(self.names, self.sizes))
+
+    @classmethod
+    def parse(cls, spec: str) -> "HeadLayout":
+        """Inverse of ``spec``; a malformed string is an error quoting it."""
+        try:
+            pairs = [part.split(":") for part in spec.split(",")]
+            return cls(tuple(n for n, _ in pairs), tuple(int(v) for _, v in pairs))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"heads {spec!r}: expected 'name:classes,name:classes' ({exc})") from exc
+
+    @property
     def total(self) -> int:
         """Logits of the model: the heads' class counts summed."""
         return sum(self.sizes)

@@ -128,7 +128,7 @@ def segment_manifest(index: MultiHeadIndex, *, on_error: str = "raise", verify: 
     from dtkd.data.heads import HeadLayout
 
     layout = HeadLayout.of({h: len(names) for h, names in index.heads.items()})
-    spec = ",".join(f"{h}:{n}" for h, n in layout.as_dict().items())
+    spec = layout.spec
     hashed: dict[str, dict] = {}
 
     def probe(e):
@@ -167,8 +167,7 @@ def heads_of(manifest: pd.DataFrame):
     specs = manifest["heads"].dropna().unique().tolist()
     if len(specs) != 1:
         raise ValueError(f"manifest: the heads column must hold one layout, got {specs[:3]}")
-    pairs = [p.split(":") for p in specs[0].split(",")]
-    return HeadLayout(tuple(n for n, _ in pairs), tuple(int(v) for _, v in pairs))
+    return HeadLayout.parse(specs[0])
 
 
 def head_class_names(manifest: pd.DataFrame, head: str) -> list[str]:

@@ -129,12 +129,14 @@ class Distiller(TrainingModule):
         """name -> (weight, unweighted loss); the total adds weight * loss to CE."""
         return {}
 
-    def logit_term(self, loss: Any, student_logits: Tensor, teacher_logits: Sequence[Tensor], *args: Any) -> Tensor:
-        """``loss(student_logits, teacher_logits, *args)``, or with heads the sum over heads of it
-        on each head's slice (dtkd.distill.losses.heads.per_head)."""
+    def logit_term(self, loss: Any, student_logits: Tensor, teacher_logits: Sequence[Tensor], *args: Any,
+                   target: Optional[Tensor] = None) -> Tensor:
+        """``loss(student_logits, teacher_logits, *args[, target=target])``, or with heads the sum
+        over heads of it on each head's slice, ``target`` decoded per head
+        (dtkd.distill.losses.heads.per_head)."""
         if self.heads is None:
-            return loss(student_logits, list(teacher_logits), *args)
-        return per_head(loss, self.heads, student_logits, teacher_logits, *args)
+            return loss(student_logits, list(teacher_logits), *args, **({} if target is None else {"target": target}))
+        return per_head(loss, self.heads, student_logits, teacher_logits, *args, target=target)
 
     # ----- teachers ------------------------------------------------------------------------
     def teacher_with_role(self, role: str) -> str:

@@ -82,11 +82,8 @@ class DKD(_SingleTeacher):
             warnings.warn("DKD warm-up is off: the trainer never called distiller.set_epoch(epoch)", stacklevel=2)
             self._warned = True
         z_t = teachers[self.teacher_name]["logits"]
-        if self.heads is None:
-            value = self.dkd(logits, z_t, target)  # unwarmed: the factor is the weight
-        else:
-            s, t, y = self.heads.split(logits), self.heads.split(z_t), self.heads.decode(target)
-            value = sum(self.dkd(s[h], t[h], y[h]) for h in self.heads.names)
+        # unwarmed: the factor is the weight
+        value = self.logit_term(lambda s, t, target: self.dkd(s, t[0], target), logits, [z_t], target=target)
         return {"dkd": (self.dkd.warmup_factor(self.epoch), value)}
 
 
@@ -164,16 +161,15 @@ class DTKD(Distiller):
         self.use_sr = cfg.use_sr and cfg.alpha > 0
         self.use_sd = cfg.use_sd and cfg.beta > 0
         self.use_rkd = cfg.use_rkd and cfg.gamma > 0
-        self.sr: Optional[SRLoss] = None
+        # one SRLoss (own DATW weights and statistics) per head; key "logits" without heads
+        self.sr: Optional[torch.nn.ModuleDict] = None
         self.sdd: Optional[StructureDiscrepancyDistillation] = None
         if self.use_sr:
             if not self.teacher_names:
                 raise ValueError("dtkd with L_SR needs at least one teacher")
-            if self.heads is None:
-                self.sr = SRLoss(self.teacher_names, cfg.tau, cfg.weighting, cfg.datw_eps, cfg.weights_grad)
-            else:
-                self.sr_heads = torch.nn.ModuleDict({h: SRLoss(self.teacher_names, cfg.tau, cfg.weighting, cfg.datw_eps,
-                                                              cfg.weights_grad) for h in self.heads.names})
+            names = ("logits",) if self.heads is None else self.heads.names
+            self.sr = torch.nn.ModuleDict({h: SRLoss(self.teacher_names, cfg.tau, cfg.weighting, cfg.datw_eps,
+                                                     cfg.weights_grad) for h in names})
             self._use_teachers(self.teacher_names, features=False)
         if self.use_sd or self.use_rkd:
             self.vit = self.teacher_with_role("vit")
@@ -202,17 +198,18 @@ class DTKD(Distiller):
         c = self.cfg
         terms: Terms = {}
         if self.sr is not None:
-            terms["sr"] = (c.alpha, self.sr(logits, [teachers[n]["logits"] for n in self.teacher_names]))
-        elif self.use_sr:
-            s = self.heads.split(logits)
-            t = [self.heads.split(teachers[n]["logits"]) for n in self.teacher_names]
-            terms["sr"] = (c.alpha, sum(self.sr_heads[h](s[h], [z[h] for z in t]) for h in self.heads.names))
+            s = self._by_head(logits)
+            t = [self._by_head(teachers[n]["logits"]) for n in self.teacher_names]
+            terms["sr"] = (c.alpha, sum(sr(s[h], [z[h] for z in t]) for h, sr in self.sr.items()))
         if self.sdd is not None:
             terms["sd"] = (c.beta, self.sdd(features, teachers[self.vit]["features"], teachers[self.cnn]["features"]))
         if self.use_rkd:
             vit_emb = global_pool(teachers[self.vit]["features"])
             terms["rkd"] = (c.gamma, rkd_distance_loss(global_pool(features), vit_emb))
         return terms
+
+    def _by_head(self, logits: Tensor) -> dict[str, Tensor]:
+        return {"logits": logits} if self.heads is None else self.heads.split(logits)
 
     @property
     def needs_prepare(self) -> bool:
@@ -263,15 +260,12 @@ class DTKD(Distiller):
 
     def epoch_diagnostics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scalars": {}, "histograms": {}}
-        if self.sr is not None:
-            out = self.sr.stats.summary()
-            self.sr.stats.reset()
-        elif self.use_sr:
-            for h, sr in self.sr_heads.items():
-                summary = sr.stats.summary()
-                sr.stats.reset()
-                for kind in ("scalars", "histograms"):
-                    out[kind].update({f"{h}/{k}": v for k, v in summary[kind].items()})
+        for h, sr in (self.sr or {}).items():
+            summary = sr.stats.summary()
+            sr.stats.reset()
+            prefix = "" if self.heads is None else f"{h}/"
+            for kind in ("scalars", "histograms"):
+                out[kind].update({prefix + k: v for k, v in summary[kind].items()})
         if self.sdd is not None:
             frac = self.sdd.mask_fraction.mean()
             if frac is not None:

@@ -39,6 +39,15 @@ def test_layout_refuses_bad_values():
         L.split(torch.zeros(2, 6))
 
 
+def test_layout_spec_round_trips_and_a_malformed_one_is_quoted():
+    assert L.spec == "verb:3,noun:4" and HeadLayout.parse(L.spec) == L
+    for bad in ("verb:3,noun", "verb:x", "verb:3,noun:1"):
+        with pytest.raises(ValueError, match="heads"):
+            HeadLayout.parse(bad)
+    with pytest.raises(ValueError, match="'verb:x'"):
+        HeadLayout.parse("verb:x")
+
+
 def test_multihead_ce_is_the_sum_of_the_heads_ce_on_labelled_clips():
     torch.manual_seed(0)
     logits = torch.randn(4, 7)
@@ -175,6 +184,22 @@ def test_single_head_distiller_unchanged_by_the_heads_code():
         t = d.teachers["vit"](inputs["vit"])
     want = F.cross_entropy(out.logits, target) + d.cfg.alpha * kd_loss(out.logits, t, d.cfg.tau)
     assert torch.equal(out.loss, want)
+
+
+def test_single_head_dtkd_sr_and_its_diagnostics_keep_their_plain_names():
+    from distill_helpers import ToyTap
+    from dtkd.distill import DistillConfig, build_distiller
+
+    student, spec, refs = _heads_setup()
+    d = build_distiller(DistillConfig(method="dtkd", use_sd=False, use_rkd=False), student, spec, refs,
+                        tap_factory=ToyTap)
+    inputs, _ = _heads_batch()
+    out = d(inputs, torch.tensor([0, 6, 3, 2]))
+    with torch.no_grad():
+        teach = [d.teachers[n](inputs[n]) for n in ("vit", "cnn")]
+    assert torch.allclose(out.losses["sr"], sr_loss(out.logits.detach(), teach, d.cfg.tau), atol=1e-6)
+    diag = d.epoch_diagnostics()["scalars"]
+    assert diag["datw/n_samples"] == 4.0 and not any(k.startswith("logits/") for k in diag)
 
 
 def test_methods_without_a_multihead_form_refuse_heads():

@@ -36,13 +36,16 @@ def multihead_cross_entropy(logits: Tensor, target: Tensor, layout: HeadLayout, 
 
 
 def per_head(loss: Callable[..., Tensor], layout: HeadLayout, student: Tensor, teachers: Sequence[Tensor],
-             *args, **kwargs) -> Tensor:
+             *args, target: Optional[Tensor] = None, **kwargs) -> Tensor:
     """sum_h loss(student_h, [teacher_h, ...], *args, **kwargs): a logit loss of one student and
-    K teachers applied to each head's slice of the logits."""
+    K teachers applied to each head's slice of the logits. With ``target`` (label codes), each
+    head's class indices are passed as ``target=`` too (losses that need the true class: DKD)."""
     s = layout.split(student)
     t = [layout.split(z) for z in teachers]
+    y = layout.decode(target) if target is not None else None
     total = None
     for name in layout.names:
-        value = loss(s[name], [z[name] for z in t], *args, **kwargs)
+        extra = kwargs if y is None else {**kwargs, "target": y[name]}
+        value = loss(s[name], [z[name] for z in t], *args, **extra)
         total = value if total is None else total + value
     return total
