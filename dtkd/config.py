@@ -122,6 +122,9 @@ class PretrainingConfig(_Strict):
     training: dict[str, Any] = Field(default_factory=dict, description="keys of `training` that differ for pretraining")
     registry_prefix: str = "dtkd-pretrained"
     alias: str = Field("pretrained", description="alias the newest pretrained version gets")
+    shipped: Optional[str] = Field("weights/pretrained", description="folder of backbones the repository ships "
+                                   "(dtkd_ops.shipped): one is loaded instead of trained when it records exactly "
+                                   "this pretraining (stage config and corpus bytes); null: always train")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,8 +1,7 @@
 """Pretrain one model on the pretraining corpus and register it for fine-tuning runs to reference."""
 from __future__ import annotations
 
-import hashlib
-import json
+import time
 from typing import Annotated
 
 import pandas as pd
@@ -12,18 +11,11 @@ from dtkd.config import PretrainingConfig, PretrainStage
 from dtkd.data import manifest_fingerprint
 from steps.stack import tracking_uri
 from dtkd_ops.registry import ModelRegistry
+from dtkd_ops.shipped import (TAG_KEY, TAG_SOURCE, TAG_STAGE, TAG_TOP1, find_shipped, host_tags, load_state_dict,
+                               pretrain_key, stage_key)
 from steps.data_version import lineage_tags
 from steps.tracking import TRACKED, fit_and_test
 
-TAG_KEY = "dtkd.pretrain.key"
-
-
-def pretrain_key(stage: PretrainStage, manifest: pd.DataFrame) -> str:
-    """Names one pretraining: the stage (model, view, training, corpus config) and the corpus rows,
-    not where the corpus lies (its root, store folder and loader workers)."""
-    where = {"data": {"root": True, "num_workers": True, "store": {"dir"}}}
-    payload = {"stage": stage.model_dump(mode="json", exclude=where), "rows": manifest_fingerprint(manifest)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _registered_before(registry: ModelRegistry, name: str, key: str):
@@ -35,21 +27,34 @@ def pretrain_model(manifest: pd.DataFrame, stage: PretrainStage,
                    pretraining: PretrainingConfig) -> Annotated[str, "pretrained_uri"]:
     """Pretrain ``stage.role``'s model with CE, register it as ``<registry_prefix>-<role>`` and point
     ``pretraining.alias`` at it. A version already registered for the same stage and corpus is
-    reused (the registry, not ZenML's cache, is what fine-tuning runs read). Returns its URI."""
+    reused (the registry, not ZenML's cache, is what fine-tuning runs read); else a backbone the
+    repository ships for exactly this pretraining (``pretraining.shipped``, dtkd_ops.shipped) is
+    loaded, tested and registered instead of trained. Returns its URI."""
     registry = ModelRegistry(tracking_uri())
     name = f"{pretraining.registry_prefix}-{stage.role}"
     key = pretrain_key(stage, manifest)
     found = _registered_before(registry, name, key)
     reused = found is not None
     if not reused:
-        job, metrics = fit_and_test(stage, manifest, f"pretrain_{stage.role}")
+        shipped = find_shipped(pretraining.shipped, name, key)
+        start = time.perf_counter()
+        job, metrics = fit_and_test(stage, manifest, f"pretrain_{stage.role}",
+                                    state_dict=load_state_dict(shipped) if shipped else None)
+        if shipped:  # where it was trained, not this machine
+            source = {TAG_SOURCE: f"shipped:{shipped.weights.name}",
+                      **{f"dtkd.pretrain.host.{k}": str(v) for k, v in shipped.meta.get("trained", {}).items()
+                         if k in ("cpu", "threads", "seconds") and v is not None}}
+        else:
+            source = {TAG_SOURCE: "trained", **host_tags(time.perf_counter() - start)}
         found = registry.register_candidate(
             job.model, registered_name=name, metrics=metrics, alias=pretraining.alias,
             params={"model": stage.model.name, "role": stage.role, "classes": int(manifest["label_idx"].max()) + 1},
-            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, **lineage_tags(stage.data)},
+            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, TAG_STAGE: stage_key(stage), TAG_TOP1: f"{metrics['top1']:.6f}",
+                  **source, **lineage_tags(stage.data)},
             dataset_fingerprint=manifest_fingerprint(manifest), input_spec=stage.model.input_spec(),
             build_options=stage.model.overrides)
-        print(f"pretrained {stage.role} ({stage.model.name}): corpus test top-1 {metrics['top1']:.4f}, "
+        how = f"loaded from {shipped.weights} (shipped for this pretraining)" if shipped else "trained"
+        print(f"pretrained {stage.role} ({stage.model.name}), {how}: corpus test top-1 {metrics['top1']:.4f}, "
               f"registered {name} v{found.version}")
     else:
         registry.client.set_registered_model_alias(name, pretraining.alias, str(found.version))

@@ -80,16 +80,20 @@ def log_confusion_matrix(confusion, class_names: list[str], artifact_file: str =
     plt.close(fig)
 
 
-def fit_and_test(stage, manifest, name: str):
+def fit_and_test(stage, manifest, name: str, *, state_dict: Mapping[str, Any] | None = None):
     """Train a one-model stage as ``name`` (its config as MLflow params, its curves under
     ``name/``, checkpoints keyed by its config and data), then test it with the run's multi-view
-    protocol (the trainer validates on one view) and log ``name/test_top1|top5``. Returns
-    (job, {"top1", "top5"})."""
+    protocol (the trainer validates on one view) and log ``name/test_top1|top5``. With
+    ``state_dict`` (weights already trained by this stage elsewhere: a shipped backbone) the model
+    loads them, strictly, instead of training. Returns (job, {"top1", "top5"})."""
     stage_json = stage.model_dump(mode="json")
     log_params_flat({"model": stage_json["model"], "train": stage_json["train"]}, prefix=f"{name}.")
     job = build_job(stage, manifest)
-    with step_checkpoints(name, stage_json, manifest_fingerprint(manifest)) as directory:
-        job.fit(callbacks=[MlflowEpochLogger(prefix=f"{name}/")], checkpoint_dir=directory)
+    if state_dict is not None:
+        job.model.load_state_dict(state_dict)
+    else:
+        with step_checkpoints(name, stage_json, manifest_fingerprint(manifest)) as directory:
+            job.fit(callbacks=[MlflowEpochLogger(prefix=f"{name}/")], checkpoint_dir=directory)
     test = job.evaluate()
     metrics = {"top1": test.top1, "top5": test.top5, **test.heads}  # heads: a multi-head model's verb/noun/action
     mlflow.log_metrics({f"{name}/test_{k}": v for k, v in metrics.items()})
