@@ -128,12 +128,16 @@ def cpu_model() -> str:
 
 def export(name: str, directory: os.PathLike | str = DEFAULT_DIR, *, which: str = "pretrained",
            tracking_uri: Optional[str] = None) -> Path:
-    """Write the registered pretrained version ``name@which`` (alias or number) to ``directory``:
+    """Write the registered pretrained version ``name@which`` (alias or number) of ``tracking_uri``
+    (default: ``$MLFLOW_TRACKING_URI``, else the local stack's store) to ``directory``:
     ``<name>.pt`` (its state dict) and ``<name>.json`` (key, sha256, model, corpus test top-1,
     provenance). Refuses a version without a pretraining key (nothing could ever match it)."""
     from dtkd_ops.pretrained import PREFIX, fetch_weights
     from dtkd_ops.registry import ModelRegistry
 
+    from dtkd_ops.home import tracking_uri as local_store
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store()
     registry = ModelRegistry(tracking_uri)
     version = registry.get_version(name, int(which) if which.isdigit() else which)
     key = version.tags.get(TAG_KEY)
@@ -167,8 +171,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ex.add_argument("--alias", default="pretrained", help="alias or version number to export")
     ex.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     args = p.parse_args(argv)
+    from dtkd_ops.home import tracking_uri as local_store
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or local_store()  # once: loading a model may set the variable
     for name in args.names:
-        path = export(name, args.dir, which=args.alias)
+        path = export(name, args.dir, which=args.alias, tracking_uri=uri)
         print(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
