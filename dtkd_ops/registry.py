@@ -186,15 +186,20 @@ class ModelRegistry:
     def _using_store(self) -> Iterator[None]:
         import mlflow
 
-        tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI: restoring the resolved default
+        # (get_tracking_uri() before) left the process and its subprocesses pointing at
+        # ./mlflow.db, so both URIs go back to what the variables said, unset included
+        env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         try:
             yield
         finally:
             if mlflow.active_run() is None:
-                mlflow.set_tracking_uri(tracking)
-                mlflow.set_registry_uri(registry)
+                mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+                mlflow.set_registry_uri(env["MLFLOW_REGISTRY_URI"])
+                for key, value in env.items():
+                    os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
     # ------------------------------------------------------------------ writes
 

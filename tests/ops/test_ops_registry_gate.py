@@ -2,6 +2,8 @@
 are tested in test_ops_gate_paired.py."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ops_helpers import REPO_ROOT, toy_evaluate, toy_model
@@ -87,6 +89,20 @@ def test_register_candidate_sets_challenger_and_round_trips(registry, tmp_path):
                                     alias=CHAMPION)
     with pytest.raises(RegistryError, match="alias 'nope' not found"):
         registry.get_version("student", "nope")
+
+
+def test_loading_a_model_leaves_the_process_mlflow_uris_as_they_were(registry, monkeypatch):
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; loading a model once left it set to
+    ./mlflow.db, which every later default lookup (the CLI, dtkd_ops.shipped export, subprocesses)
+    then used instead of the dtkd store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    _register(registry, toy_model(0.5))
+    registry.load_model("student", CHALLENGER)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    registry.load_model("student", CHALLENGER)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////elsewhere/mlflow.db"
 
 
 def test_rollback_restores_the_champion_the_gate_replaced(registry):
