@@ -44,20 +44,9 @@ from dtkd.config import DTKDConfig, load_config  # noqa: E402
 from dtkd.data import manifest_fingerprint, num_classes_of, prepare_manifest, prepare_store  # noqa: E402
 from dtkd.distill import DISTILLERS, DistillConfig  # noqa: E402
 from dtkd.engine import TrainConfig  # noqa: E402
+from dtkd.host import cpu_model  # noqa: E402,F401  (bench modules import it from here)
 
 TEACHER_ROLES = ("vit", "cnn")  # distill_student's roles, in the order the tables list them
-
-
-def cpu_model() -> str:
-    """The CPU's model name: float results differ between CPU models (and thread counts), so every
-    figure is recorded with both."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def log(msg: str) -> None:

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dtkd.fsutil import atomic_write_bytes
+from dtkd.host import cpu_model
 from dtkd_ops.home import REPO_ROOT
 
 TAG_KEY = "dtkd.pretrain.key"  # on every registered pretrained version: the pretraining it ran
@@ -114,16 +114,6 @@ def host_tags(seconds: float) -> dict[str, str]:
 
     return {f"{TAG_HOST}.cpu": cpu_model(), f"{TAG_HOST}.threads": str(torch.get_num_threads()),
             f"{TAG_HOST}.seconds": f"{seconds:.0f}"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def export(name: str, directory: os.PathLike | str = DEFAULT_DIR, *, which: str = "pretrained",
