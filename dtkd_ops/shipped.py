@@ -36,8 +36,6 @@ TAG_STAGE = "dtkd.pretrain.stage_key"  # the stage config alone (no corpus rows)
 TAG_TOP1 = "dtkd.pretrain.corpus_test_top1"
 TAG_HOST = "dtkd.pretrain.host"  # .cpu, .threads, .seconds: where and how long it trained
 DEFAULT_DIR = REPO_ROOT / "weights" / "pretrained"
-
-
 _WHERE = {"data": {"root": True, "num_workers": True, "store": {"dir"}}}  # where the corpus lies, not what it is
 
 
@@ -122,10 +120,9 @@ def export(name: str, directory: os.PathLike | str = DEFAULT_DIR, *, which: str 
     (default: ``$MLFLOW_TRACKING_URI``, else the local stack's store) to ``directory``:
     ``<name>.pt`` (its state dict) and ``<name>.json`` (key, sha256, model, corpus test top-1,
     provenance). Refuses a version without a pretraining key (nothing could ever match it)."""
+    from dtkd_ops.home import tracking_uri as local_store
     from dtkd_ops.pretrained import PREFIX, fetch_weights
     from dtkd_ops.registry import ModelRegistry
-
-    from dtkd_ops.home import tracking_uri as local_store
 
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store()
     registry = ModelRegistry(tracking_uri)

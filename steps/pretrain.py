@@ -17,7 +17,6 @@ from steps.data_version import lineage_tags
 from steps.tracking import TRACKED, fit_and_test
 
 
-
 def _registered_before(registry: ModelRegistry, name: str, key: str):
     return next((v for v in reversed(registry.versions(name)) if v.tags.get(TAG_KEY) == key), None)
 
