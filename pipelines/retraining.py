@@ -28,10 +28,12 @@ STEP_TEMPLATES = [check_data_version, ingest_data, validate_data, train_cnn_teac
                   distill_student, evaluate_student, register_student]
 
 
-@pipeline(dynamic=True, enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST,
-          depends_on=STEP_TEMPLATES)
+# The ZenML Model is linked per step, not to the pipeline: a pipeline-level model opens a model
+# version when the run starts, so every skipping run left an empty one; added with the steps,
+# a version exists exactly when the run trains and registers (one per MLflow student version).
+@pipeline(dynamic=True, enable_cache=True, execution_mode=ExecutionMode.FAIL_FAST, depends_on=STEP_TEMPLATES)
 def retraining_pipeline(config: dict, force: bool = False) -> None:
     cfg = validated(config)
     decision = check_data_version(registered_name=cfg.registry.student_name, data=cfg.data, force=force)
     if decision.load()["retrain"]:
-        train_and_register(cfg)
+        train_and_register(cfg, model=STUDENT_MODEL)

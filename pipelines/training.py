@@ -47,27 +47,31 @@ def pinned(cfg: DTKDConfig) -> DTKDConfig:
         raise ConfigError(f"pipeline parameter: config.models: {err}") from None
 
 
-def train_and_register(cfg: DTKDConfig) -> None:
-    """The DAG both pipelines share: each step gets the typed sections it uses, and only those."""
+def train_and_register(cfg: DTKDConfig, *, model: Model | None = None) -> None:
+    """The DAG both pipelines share: each step gets the typed sections it uses, and only those.
+    ``model``: link each of these steps to that ZenML Model (the retraining pipeline, which adds
+    them only when it retrains: a run that skips then opens no model version)."""
     cfg = pinned(cfg)
+    linked = (lambda s: s.with_options(model=model)) if model is not None else (lambda s: s)
     try:
         gate = load_gate_config(cfg.registry.gate_config)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"config.registry.gate_config: {err}") from None
     distill = cfg.distill_stage()
 
-    manifest = ingest_data(data=cfg.data)
-    clean_manifest, _ = validate_data(manifest=manifest, data=cfg.data, min_frames=cfg.min_frames())
-    cnn_teacher = train_cnn_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("cnn"), registry=cfg.registry,
-                                    gate=gate)
-    vit_teacher = train_vit_teacher(manifest=clean_manifest, stage=cfg.teacher_stage("vit"), registry=cfg.registry,
-                                    gate=gate)
-    student, _ = distill_student(manifest=clean_manifest, cnn_teacher=cnn_teacher, vit_teacher=vit_teacher, stage=distill)
+    manifest = linked(ingest_data)(data=cfg.data)
+    clean_manifest, _ = linked(validate_data)(manifest=manifest, data=cfg.data, min_frames=cfg.min_frames())
+    cnn_teacher = linked(train_cnn_teacher)(manifest=clean_manifest, stage=cfg.teacher_stage("cnn"),
+                                            registry=cfg.registry, gate=gate)
+    vit_teacher = linked(train_vit_teacher)(manifest=clean_manifest, stage=cfg.teacher_stage("vit"),
+                                            registry=cfg.registry, gate=gate)
+    student, _ = linked(distill_student)(manifest=clean_manifest, cnn_teacher=cnn_teacher, vit_teacher=vit_teacher,
+                                         stage=distill)
     tested = dict(model=cfg.models.student, evaluation=cfg.evaluation, data=cfg.data, gate=gate)
-    test_metrics = evaluate_student(student=student, manifest=clean_manifest, **tested)
-    register_student(student=student, test_metrics=test_metrics, manifest=clean_manifest, method=cfg.distill.method,
-                     teachers={role: cfg.teacher_ref(role).name for role in TEACHER_ROLES},
-                     registry=cfg.registry, **tested)
+    test_metrics = linked(evaluate_student)(student=student, manifest=clean_manifest, **tested)
+    linked(register_student)(student=student, test_metrics=test_metrics, manifest=clean_manifest,
+                             method=cfg.distill.method, teachers={role: cfg.teacher_ref(role).name for role in TEACHER_ROLES},
+                             registry=cfg.registry, **tested)
 
 
 @pipeline(enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST)

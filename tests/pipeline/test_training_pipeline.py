@@ -296,11 +296,14 @@ def test_teachers_and_student_start_from_the_registered_pretrained_backbones(hom
 
 
 def test_retraining_skips_unchanged_data_and_retrains_when_it_changes(home):
+    versions_before = len(home.query()["zenml_model_versions"])
     home.zenml_run("pipelines.retraining.retraining_pipeline")
-    skipped = home.query()["runs"][0]
+    result = home.query()
+    skipped = result["runs"][0]
     assert skipped["pipeline"] == "retraining_pipeline"
     assert skipped["retrain_decision"]["retrain"] is False, skipped["retrain_decision"]
     assert set(skipped["steps"]) == {"check_data_version"}
+    assert len(result["zenml_model_versions"]) == versions_before  # a skipping run opens no model version
 
     # New data version, and the stale-data case of issue 13: one video gets other contents under
     # its old name (its frames mirrored, re-encoded) and `dvc add` records it.
@@ -326,6 +329,9 @@ def test_retraining_skips_unchanged_data_and_retrains_when_it_changes(home):
     newest = versions[str(max(int(v) for v in versions))]
     assert newest["dtkd.data.dvc_hash"] == new_hash
     assert newest["dtkd.dataset_fingerprint"] not in before
+    # one ZenML model version for the retraining run, named after the MLflow version it registered
+    assert len(result["zenml_model_versions"]) == versions_before + 1
+    assert f"v{max(int(v) for v in versions)}" in [v["name"] for v in result["zenml_model_versions"]]
 
 
 def test_local_orchestrator_refuses_a_schedule_with_a_clear_message(home):
