@@ -13,13 +13,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("dtkd", "dtkd_ops", "steps", "pipelines")
-CORE = {"dtkd.registry", "dtkd.fsutil", "dtkd.data", "dtkd.models", "dtkd.eval", "dtkd.engine", "dtkd.distill",
-        "dtkd.config", "dtkd.config_reference", "dtkd.assemble", "dtkd.launch"}
+CORE = {"dtkd.registry", "dtkd.fsutil", "dtkd.host", "dtkd.data", "dtkd.models", "dtkd.eval", "dtkd.engine",
+        "dtkd.distill", "dtkd.config", "dtkd.config_reference", "dtkd.assemble", "dtkd.launch"}
 
 # Folder (unit) -> the units it may import. The table of docs/architecture.md, enforced here.
 ALLOWED = {
     "dtkd.registry": set(),
     "dtkd.fsutil": set(),
+    "dtkd.host": set(),
     "dtkd.data": {"dtkd.registry", "dtkd.fsutil"},
     "dtkd.models": {"dtkd.data", "dtkd.registry", "dtkd.fsutil"},
     "dtkd.eval": {"dtkd.data"},

@@ -66,7 +66,7 @@ def test_zenml_overlay_validates_against_zenml_settings():
     gpu_steps = ["train_cnn_teacher", "train_vit_teacher", "distill_student"]
     assert set(overlay["steps"]) == set(gpu_steps)
     for step in gpu_steps:
-        assert f"{step}(" in pipeline_src, f"{step} is not a step of the training pipeline"
+        assert f"linked({step})(" in pipeline_src, f"{step} is not a step of the training pipeline"
         s = KubernetesOrchestratorSettings.model_validate(overlay["steps"][step]["settings"]["orchestrator.kubernetes"])
         assert s.pod_settings.resources["limits"][GPU] == "1"
         assert {m["mountPath"] for m in s.pod_settings.volume_mounts} == {"/data", "/dev/shm", "/tmp"}
