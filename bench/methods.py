@@ -44,7 +44,7 @@ from dtkd.config import DTKDConfig, load_config  # noqa: E402
 from dtkd.data import manifest_fingerprint, num_classes_of, prepare_manifest, prepare_store  # noqa: E402
 from dtkd.distill import DISTILLERS, DistillConfig  # noqa: E402
 from dtkd.engine import TrainConfig  # noqa: E402
-from dtkd.host import cpu_model  # noqa: E402,F401  (bench modules import it from here)
+from dtkd.host import cpu_model  # noqa: E402
 
 TEACHER_ROLES = ("vit", "cnn")  # distill_student's roles, in the order the tables list them
 

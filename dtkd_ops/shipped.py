@@ -35,6 +35,7 @@ TAG_SOURCE = "dtkd.pretrain.source"  # "trained" or "shipped:<file>"
 TAG_STAGE = "dtkd.pretrain.stage_key"  # the stage config alone (no corpus rows)
 TAG_TOP1 = "dtkd.pretrain.corpus_test_top1"
 TAG_HOST = "dtkd.pretrain.host"  # .cpu, .threads, .seconds: where and how long it trained
+_HOST_KEYS = ("cpu", "threads", "seconds")
 DEFAULT_DIR = REPO_ROOT / "weights" / "pretrained"
 _WHERE = {"data": {"root": True, "num_workers": True, "store": {"dir"}}}  # where the corpus lies, not what it is
 
@@ -107,11 +108,21 @@ def load_state_dict(shipped: Shipped) -> dict:
 
 
 def host_tags(seconds: float) -> dict[str, str]:
-    """Where a backbone was trained (results differ between CPUs and thread counts)."""
+    """Where a backbone was trained (results differ between CPUs and thread counts): this machine."""
     import torch
 
     return {f"{TAG_HOST}.cpu": cpu_model(), f"{TAG_HOST}.threads": str(torch.get_num_threads()),
             f"{TAG_HOST}.seconds": f"{seconds:.0f}"}
+
+
+def source_tags(shipped: Optional[Shipped], seconds: float) -> dict[str, str]:
+    """A registered pretrained version's ``TAG_SOURCE`` and ``TAG_HOST.*``: this machine's for a
+    backbone trained here (in ``seconds``), the record's for a shipped one."""
+    if shipped is None:
+        return {TAG_SOURCE: "trained", **host_tags(seconds)}
+    trained = shipped.meta.get("trained", {})
+    return {TAG_SOURCE: f"shipped:{shipped.weights.name}",
+            **{f"{TAG_HOST}.{k}": str(trained[k]) for k in _HOST_KEYS if trained.get(k) is not None}}
 
 
 def export(name: str, directory: os.PathLike | str = DEFAULT_DIR, *, which: str = "pretrained",
@@ -142,7 +153,7 @@ def export(name: str, directory: os.PathLike | str = DEFAULT_DIR, *, which: str 
         "corpus_test_top1": float(tags[TAG_TOP1]) if TAG_TOP1 in tags else None,
         "trained": {"registered": f"{name} v{version.version}", "source": tags.get(TAG_SOURCE),
                     "code_commit": tags.get("dtkd.code.git_commit"), "data_dvc_hash": tags.get("dtkd.data.dvc_hash"),
-                    **{k: tags.get(f"{TAG_HOST}.{k}") for k in ("cpu", "threads", "seconds")},
+                    **{k: tags.get(f"{TAG_HOST}.{k}") for k in _HOST_KEYS},
                     "exported": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
     }
     atomic_write_bytes(directory / f"{name}.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())

@@ -69,9 +69,9 @@ def train_and_register(cfg: DTKDConfig, *, model: Model | None = None) -> None:
                                          stage=distill)
     tested = dict(model=cfg.models.student, evaluation=cfg.evaluation, data=cfg.data, gate=gate)
     test_metrics = linked(evaluate_student)(student=student, manifest=clean_manifest, **tested)
+    teachers = {role: cfg.teacher_ref(role).name for role in TEACHER_ROLES}
     linked(register_student)(student=student, test_metrics=test_metrics, manifest=clean_manifest,
-                             method=cfg.distill.method, teachers={role: cfg.teacher_ref(role).name for role in TEACHER_ROLES},
-                             registry=cfg.registry, **tested)
+                             method=cfg.distill.method, teachers=teachers, registry=cfg.registry, **tested)
 
 
 @pipeline(enable_cache=True, model=STUDENT_MODEL, execution_mode=ExecutionMode.FAIL_FAST)

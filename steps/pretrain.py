@@ -11,8 +11,8 @@ from dtkd.config import PretrainingConfig, PretrainStage
 from dtkd.data import manifest_fingerprint
 from steps.stack import tracking_uri
 from dtkd_ops.registry import ModelRegistry
-from dtkd_ops.shipped import (TAG_KEY, TAG_SOURCE, TAG_STAGE, TAG_TOP1, find_shipped, host_tags, load_state_dict,
-                               pretrain_key, stage_key)
+from dtkd_ops.shipped import (TAG_KEY, TAG_STAGE, TAG_TOP1, find_shipped, load_state_dict, pretrain_key,
+                               source_tags, stage_key)
 from steps.data_version import lineage_tags
 from steps.tracking import TRACKED, fit_and_test
 
@@ -39,17 +39,12 @@ def pretrain_model(manifest: pd.DataFrame, stage: PretrainStage,
         start = time.perf_counter()
         job, metrics = fit_and_test(stage, manifest, f"pretrain_{stage.role}",
                                     state_dict=load_state_dict(shipped) if shipped else None)
-        if shipped:  # where it was trained, not this machine
-            source = {TAG_SOURCE: f"shipped:{shipped.weights.name}",
-                      **{f"dtkd.pretrain.host.{k}": str(v) for k, v in shipped.meta.get("trained", {}).items()
-                         if k in ("cpu", "threads", "seconds") and v is not None}}
-        else:
-            source = {TAG_SOURCE: "trained", **host_tags(time.perf_counter() - start)}
         found = registry.register_candidate(
             job.model, registered_name=name, metrics=metrics, alias=pretraining.alias,
             params={"model": stage.model.name, "role": stage.role, "classes": int(manifest["label_idx"].max()) + 1},
-            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, TAG_STAGE: stage_key(stage), TAG_TOP1: f"{metrics['top1']:.6f}",
-                  **source, **lineage_tags(stage.data)},
+            tags={"dtkd.role": f"pretrained_{stage.role}", TAG_KEY: key, TAG_STAGE: stage_key(stage),
+                  TAG_TOP1: f"{metrics['top1']:.6f}", **source_tags(shipped, time.perf_counter() - start),
+                  **lineage_tags(stage.data)},
             dataset_fingerprint=manifest_fingerprint(manifest), input_spec=stage.model.input_spec(),
             build_options=stage.model.overrides)
         how = f"loaded from {shipped.weights} (shipped for this pretraining)" if shipped else "trained"

@@ -10,8 +10,8 @@ import torch
 from dtkd import models
 from dtkd.config import load_config
 from dtkd_ops.registry import ModelRegistry, sqlite_uri
-from dtkd_ops.shipped import (DEFAULT_DIR, TAG_KEY, TAG_STAGE, TAG_TOP1, export, find_shipped, host_tags,
-                              load_state_dict, pretrain_key, stage_key)
+from dtkd_ops.shipped import (DEFAULT_DIR, TAG_HOST, TAG_KEY, TAG_SOURCE, TAG_STAGE, TAG_TOP1, export, find_shipped,
+                              host_tags, load_state_dict, pretrain_key, source_tags, stage_key)
 
 from ops_helpers import REPO_ROOT
 
@@ -43,6 +43,11 @@ def test_export_then_find_gives_the_registered_weights_for_its_own_key_only(tmp_
     assert find_shipped(out, NAME, "another-pretraining") is None
     assert find_shipped(out, "dtkd-pretrained-vit", "k" * 16) is None  # no record
     assert find_shipped(None, NAME, "k" * 16) is None  # pretraining.shipped: null
+
+    # registered again from the shipped file: where it was trained, not where it was loaded
+    assert source_tags(found, 99.0) == {TAG_SOURCE: f"shipped:{NAME}.pt", f"{TAG_HOST}.cpu": meta["trained"]["cpu"],
+                                        f"{TAG_HOST}.threads": meta["trained"]["threads"], f"{TAG_HOST}.seconds": "12"}
+    assert source_tags(None, 99.0) == {TAG_SOURCE: "trained", **host_tags(99.0)}
 
 
 def test_damaged_or_missing_weights_and_bad_records_are_errors_naming_the_file(tmp_path):
