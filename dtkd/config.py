@@ -110,6 +110,17 @@ def _pretraining_data() -> DataConfig:
         size=32, difficulty="easy"), train_scale=(0.7, 1.0))
 
 
+class PretrainView(_Strict):
+    """The input a backbone is pretrained at, given in full: a field left out is the model's
+    standard input, not the fine-tuning view's. Kinetics checkpoints are often fine-tuned at
+    another clip length than they were trained at (X3D, MViTv2); the convolutions carry over, a
+    ViT's relative position tables of another length start afresh (``load_weights`` reports them)."""
+
+    frames: Optional[int] = Field(None, gt=0, description="frames per clip (null: the model's standard input)")
+    sampling_rate: Optional[int] = Field(None, gt=0, description="temporal stride in source frames (null: standard)")
+    crop_size: Optional[int] = Field(None, gt=0, description="square crop in pixels (null: standard)")
+
+
 class PretrainingConfig(_Strict):
     """Pretraining on a broader corpus before fine-tuning on the task, as the paper starts every
     model from Kinetics-400 (``pipelines.pretraining``). The models it registers are referenced by
@@ -120,6 +131,9 @@ class PretrainingConfig(_Strict):
                              "`pretrained` to downloaded weights instead)")
     roles: list[Literal["cnn", "vit", "student"]] = Field(["cnn", "vit"], description="models to pretrain")
     training: dict[str, Any] = Field(default_factory=dict, description="keys of `training` that differ for pretraining")
+    views: dict[Literal["cnn", "vit", "student"], PretrainView] = Field(
+        default_factory=dict, description="role -> the view its backbone is pretrained at, when not the one it is "
+        "fine-tuned at (e.g. teachers pretrained on 8 frames, fine-tuned on 16)")
     registry_prefix: str = "dtkd-pretrained"
     alias: str = Field("pretrained", description="alias the newest pretrained version gets")
     shipped: Optional[str] = Field("weights/pretrained", description="folder of backbones the repository ships "
@@ -175,7 +189,7 @@ class PretrainStage(_Strict):
 
     kind: Literal["pretrain"] = "pretrain"
     role: Literal["cnn", "vit", "student"]
-    model: ModelRef  # the role's model and view, from scratch (its `pretrained` is not used)
+    model: ModelRef  # the role's model and its pretraining view, from scratch (its `pretrained` is not used)
     train: TrainConfig
     data: DataConfig
     evaluation: EvalConfig
@@ -256,10 +270,13 @@ class DTKDConfig(_Strict):
                                      ("pretraining.training", self.pretraining.training)])
 
     def pretrain_stage(self, role: str) -> PretrainStage:
-        """Pretrain ``role``'s model (its view, from scratch) on ``pretraining.data``."""
+        """Pretrain ``role``'s model (from scratch) on ``pretraining.data``, at ``pretraining.views[role]``
+        when given, else at the view it is fine-tuned at."""
         if role not in PRETRAIN_ROLES:
             raise ValueError(f"unknown role {role!r}; known: {', '.join(PRETRAIN_ROLES)}")
-        ref = self._model_ref(self.role_ref(role)).model_copy(update={"pretrained": None})
+        view = self.pretraining.views.get(role)
+        ref = self._model_ref(self.role_ref(role)).model_copy(
+            update={"pretrained": None, **(view.model_dump() if view else {})})
         return PretrainStage(role=role, model=ref, train=self.pretrain_train_config(role),
                              data=self.pretraining.data, evaluation=self.evaluation)
 

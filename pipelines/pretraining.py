@@ -23,7 +23,7 @@ from steps.validate import validate_data
 def pretraining_pipeline(config: dict) -> None:
     cfg = validated(config)
     data = cfg.pretraining.data
-    min_frames = max(cfg.role_ref(role).view().span for role in cfg.pretraining.roles)
+    min_frames = max(cfg.pretrain_stage(role).model.view().span for role in cfg.pretraining.roles)
     manifest = ingest_data(data=data, id="ingest_pretraining_corpus")
     corpus, _ = validate_data(manifest=manifest, data=data, min_frames=min_frames, id="validate_pretraining_corpus")
     for role in cfg.pretraining.roles:

@@ -127,6 +127,27 @@ def test_pretrain_stage_is_the_roles_model_from_scratch_on_the_corpus():
         validate_config(cfg)
 
 
+def test_pretraining_views_give_the_pretraining_input_in_full():
+    cfg = _default_dict()
+    cfg["models"]["cnn_teacher"].update(frames=16, sampling_rate=1, crop_size=32)
+    cfg["pretraining"] = {"roles": ["cnn", "vit"], "views": {"cnn": {"sampling_rate": 2, "crop_size": 32}}}
+    parsed = validate_config(cfg)
+    cnn = parsed.pretrain_stage("cnn").model
+    # frames left out is the model's standard input (x3d_tiny_m: 8), not the fine-tuning view's 16
+    assert (cnn.frames, cnn.sampling_rate, cnn.crop_size) == (None, 2, 32)
+    assert (cnn.view().frames, cnn.view().span) == (8, 16)
+    assert parsed.teacher_ref("cnn").view().frames == 16  # fine-tuning keeps its own view
+    assert cnn.name == "x3d_tiny_m" and cnn.overrides == parsed.teacher_ref("cnn").overrides
+    # a role without a view is pretrained at the view it is fine-tuned at
+    assert parsed.pretrain_stage("vit").model.view() == parsed.teacher_ref("vit").view()
+    cfg["pretraining"]["views"] = {"cnn": {"frame": 8}}
+    with pytest.raises(ConfigError, match="pretraining.views.cnn.frame: Extra inputs"):
+        validate_config(cfg)
+    cfg["pretraining"]["views"] = {"teacher": {"frames": 8}}
+    with pytest.raises(ConfigError, match="pretraining.views"):
+        validate_config(cfg)
+
+
 def test_a_registry_uri_reaching_the_core_is_refused_with_the_way_out():
     from dtkd import models
 
