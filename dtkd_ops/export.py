@@ -7,7 +7,8 @@ test clips, the files logged to MLflow next to the version (docs/export.md).
   (:data:`~dtkd_ops.evaluation.TEST_MANIFEST_ARTIFACT`, what the pipeline's gate judged on), at
   the version's view and evaluation protocol (as ``dtkd gate`` reads them).
 * **Checks**: :func:`dtkd.eval.export.parity` of each format against the loaded model on those
-  clips; any format outside the tolerance fails the command and nothing is logged.
+  clips (a multi-head model, e.g. EPIC's verb + noun: per head, and the clips whose every head
+  agrees, which must pass); any format outside the tolerance fails the command and nothing is logged.
 * **Where the files go**: a **new MLflow run** in the registry's experiment, named
   ``export-<model>-v<version>`` and tagged with the version (``dtkd.export.model``,
   ``dtkd.export.version``, ``dtkd.export.source_run``), holding ``export/model.pt``,
@@ -63,8 +64,9 @@ class ExportReport:
         base = self.latency_ms.get("pytorch")
         for fmt, ms in self.latency_ms.items():
             p = self.parity.get(_parity_key(fmt))
+            heads = "".join(f", {h} {a:.4f}" for h, a in (p or {}).get("head_agreement", {}).items())
             figures = ("reference" if p is None else f"max abs diff {p['max_abs_diff']:.3g} (<= {p['atol']:g}), "
-                       f"top-1 agreement {p['top1_agreement']:.4f} {'ok' if p['ok'] else 'FAILED'}")
+                       f"top-1 agreement {p['top1_agreement']:.4f}{heads} {'ok' if p['ok'] else 'FAILED'}")
             ratio = f" ({ms / base:.2f}x PyTorch)" if base else ""
             lines.append(f"  {fmt:<12} latency {ms:8.1f} ms{ratio}  {figures}")
         lines.append(f"  latency: batch 1, median of {self.repeats} interleaved forwards after {self.warmup} "
@@ -104,15 +106,16 @@ def _test_clips(manifest, view, evaluation, split: str, max_clips: Optional[int]
     return out
 
 
-def _top1(model, batches) -> float:
+def _top1(model, batches, heads=None) -> float:
+    """Top-1 on ``batches``; a multi-head model's counts a clip when every head is right (the action)."""
     import torch
 
-    from dtkd.eval.metrics import view_averaged_logits
+    from dtkd.eval.metrics import top1_correct, view_averaged_logits
 
     right = n = 0
     with torch.inference_mode():
         for clips, labels in batches:
-            right += int((view_averaged_logits(model, clips).argmax(1) == labels).sum())
+            right += int(top1_correct(view_averaged_logits(model, clips), labels, heads))
             n += len(labels)
     return right / n
 
@@ -124,6 +127,7 @@ def export_version(registry, name: str, version: Union[int, str] = "champion", *
                    int8: bool = False, log_to_mlflow: bool = True) -> ExportReport:
     """Export, check and time one registered version; log it when every format passes."""
     from dtkd.data import ViewSpec
+    from dtkd.data.manifest import heads_of
     from dtkd.eval import export as ex
     from dtkd_ops._io import read_manifest
     from dtkd_ops.evaluation import VIEW_FIELDS, gated_test_manifest, input_spec_of, recorded_protocol
@@ -135,6 +139,7 @@ def export_version(registry, name: str, version: Union[int, str] = "champion", *
     spec = input_spec_of(ref)
     view = ViewSpec(**{k: spec[k] for k in VIEW_FIELDS})
     df = read_manifest(manifest) if manifest is not None else gated_test_manifest(registry, ref)
+    heads = heads_of(df[df["split"] == split])
     batches = _test_clips(df, view, recorded_protocol(ref, batch_size), split, max_clips)
     clips = [c for c, _ in batches]
     model = registry.load_model(name, ref.version).eval()
@@ -144,7 +149,8 @@ def export_version(registry, name: str, version: Union[int, str] = "champion", *
              "onnx": ex.export_onnx(model, clips[0], out / "model.onnx", opset=opset)}
     runners = {"pytorch": model, "torchscript": ex.load_torchscript(files["torchscript"]),
                "onnxruntime": ex.OnnxModel(files["onnx"], threads=threads)}
-    parity = {fmt: ex.parity(model, runners[run], clips, format=fmt, atol=atol, min_agreement=min_agreement).to_dict()
+    parity = {fmt: ex.parity(model, runners[run], clips, format=fmt, atol=atol, min_agreement=min_agreement,
+                             heads=heads).to_dict()
               for fmt, run in (("torchscript", "torchscript"), ("onnx", "onnxruntime"))}
     int8_model = ex.quantize_dynamic_int8(model) if int8 else None
     if int8_model is not None:
@@ -153,7 +159,7 @@ def export_version(registry, name: str, version: Union[int, str] = "champion", *
     latency = ex.latency_ms(runners, shape, threads=threads, warmup=warmup, repeats=repeats)
     int8_figures = None
     if int8_model is not None:
-        fp32, q = _top1(model, batches), _top1(int8_model, batches)
+        fp32, q = _top1(model, batches, heads), _top1(int8_model, batches, heads)
         int8_figures = {"top1_fp32": fp32, "top1_int8": q, "top1_delta": q - fp32, "latency_ms": latency.pop("int8")}
     report = ExportReport(model=name, version=ref.version, view=view.model_dump(), clips=sum(c.shape[0] for c in clips),
                           files={k: str(v) for k, v in files.items()}, opset=opset, parity=parity, latency_ms=latency,
@@ -180,6 +186,8 @@ def _log(registry, ref, report: ExportReport, out: Path) -> str:
         for fmt, p in report.parity.items():
             client.log_metric(run_id, f"{fmt}_max_abs_diff", p["max_abs_diff"])
             client.log_metric(run_id, f"{fmt}_top1_agreement", p["top1_agreement"])
+            for head, agreement in p.get("head_agreement", {}).items():
+                client.log_metric(run_id, f"{fmt}_{head}_top1_agreement", agreement)
         for fmt, ms in report.latency_ms.items():
             client.log_metric(run_id, f"latency_ms_{fmt}", ms)
         for key, value in (report.int8 or {}).items():

@@ -9,7 +9,8 @@ on real clips, and CPU latency of each format under one protocol (docs/export.md
   and onnxruntime are imported inside the functions: the core library still imports (and trains)
   on a machine with torch alone; ``pip install -e ".[export]"`` brings them.
 * :func:`parity` runs the reference and the exported model on the same clips and reports the max
-  abs logit difference and the top-1 agreement; :meth:`Parity.check` raises :class:`ParityError`
+  abs logit difference and the top-1 agreement (a multi-head model: each head's, and the clips
+  whose every head agrees, which is what must pass); :meth:`Parity.check` raises :class:`ParityError`
   with those figures when they are outside the tolerance, so an export that predicts differently
   never ships silently.
 * :func:`latency_ms` times every format on one batch-1 clip, interleaved after a warm-up, torch
@@ -22,13 +23,14 @@ import contextlib
 import copy
 import io
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
+from dtkd.data.heads import HeadLayout
 from dtkd.eval.complexity import latency_ms as interleaved_latency_ms
 
 # torchlib (onnxscript's ATen -> ONNX library) is written at opset 18: asking for it means no
@@ -56,7 +58,9 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class Parity:
-    """How closely ``format`` reproduces the reference on ``n`` clips."""
+    """How closely ``format`` reproduces the reference on ``n`` clips. A multi-head model's
+    ``top1_agreement`` counts the clips whose top-1 agrees in every head; ``head_agreement`` has
+    each head's alone (empty for one head)."""
 
     format: str
     n: int
@@ -64,6 +68,7 @@ class Parity:
     top1_agreement: float
     atol: float = DEFAULT_ATOL
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    head_agreement: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -73,10 +78,11 @@ class Parity:
     def check(self) -> "Parity":
         """Self when within tolerance, else :class:`ParityError` naming the figures."""
         if not self.ok:
+            heads = "".join(f", {h} {a:.4f}" for h, a in self.head_agreement.items())
             raise ParityError(
                 f"{self.format} export does not reproduce the PyTorch model on {self.n} clips: max abs "
                 f"logit difference {self.max_abs_diff:.3g} (tolerance {self.atol:g}), top-1 agreement "
-                f"{self.top1_agreement:.4f} (required >= {self.min_agreement:g})")
+                f"{self.top1_agreement:.4f}{heads} (required >= {self.min_agreement:g})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,14 +206,25 @@ def _flat(clips: torch.Tensor) -> torch.Tensor:
     return clips.flatten(0, 1) if clips.dim() == 6 else clips
 
 
+def _agreeing(got: torch.Tensor, want: torch.Tensor, heads: Optional[HeadLayout]) -> dict[str, torch.Tensor]:
+    """Per clip, whether the top-1 agrees: ``{"": ...}`` for one head, else per head and ``""``
+    for every head at once."""
+    if heads is None:
+        return {"": got.argmax(1) == want.argmax(1)}
+    per_head = {h: g.argmax(1) == w.argmax(1) for (h, g), w in zip(heads.split(got).items(), heads.split(want).values())}
+    return {**per_head, "": torch.stack(list(per_head.values())).all(0)}
+
+
 def parity(reference: Predictor, candidate: Predictor, batches: Iterable[torch.Tensor], *, format: str,
-           atol: float = DEFAULT_ATOL, min_agreement: float = DEFAULT_MIN_AGREEMENT) -> Parity:
+           atol: float = DEFAULT_ATOL, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+           heads: Optional[HeadLayout] = None) -> Parity:
     """Run both on every clip of ``batches`` (clip tensors; multi-view batches count each view)
     and compare: the max abs logit difference over all clips and classes, and the fraction of
-    clips whose top-1 class agrees. Does not raise: call :meth:`Parity.check`."""
+    clips whose top-1 class agrees (``heads``, a multi-head model's layout: in every head, with
+    each head's fraction beside it). Does not raise: call :meth:`Parity.check`."""
     if isinstance(reference, nn.Module):
         reference.eval()
-    worst, agree, n = 0.0, 0, 0
+    worst, agree, n = 0.0, {}, 0
     with torch.inference_mode():
         for clips in batches:
             clips = _flat(torch.as_tensor(clips).float().cpu())
@@ -217,11 +234,13 @@ def parity(reference: Predictor, candidate: Predictor, batches: Iterable[torch.T
                                   f"PyTorch {tuple(want.shape)} (is the batch axis dynamic?)")
             diff = float((got - want).abs().max()) if got.numel() else 0.0
             worst = diff if diff != diff else max(worst, diff)  # keep a NaN: it must fail
-            agree += int((got.argmax(1) == want.argmax(1)).sum())
+            for head, hits in _agreeing(got, want, heads).items():
+                agree[head] = agree.get(head, 0) + int(hits.sum())
             n += clips.shape[0]
     if n == 0:
         raise ValueError("parity needs at least one clip; the batches were empty")
-    return Parity(format, n, worst, agree / n, atol, min_agreement)
+    per_head = {h: agree[h] / n for h in (heads.names if heads else ())}
+    return Parity(format, n, worst, agree[""] / n, atol, min_agreement, per_head)
 
 
 # ----------------------------------------------------------------------------- latency

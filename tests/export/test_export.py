@@ -125,3 +125,25 @@ def test_the_core_imports_without_onnx():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'onnxscript', 'onnx_ir'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
+
+
+def test_a_multi_head_export_is_judged_per_head_and_on_the_action():
+    """Hand-computed: verb (2 classes) + noun (3) logits side by side. Clip 0 agrees; clip 1's noun
+    flips under a dominant verb logit (one argmax over all 5 logits would call it agreeing); clip
+    2's verb flips; clip 3 agrees."""
+    from dtkd.data.heads import HeadLayout
+
+    heads = HeadLayout.of({"verb": 2, "noun": 3})
+    want = torch.tensor([[1., 0, 0, 1, 0], [5, 0, 1, 0, 0], [0, 1, 0, 0, 1], [0, 1, 1, 0, 0]])
+    got = want.clone()
+    got[1, 2:] = torch.tensor([0., 1, 0])
+    got[2, :2] = torch.tensor([1., 0])
+    clips = [torch.zeros(4, 3, 1, 2, 2)]
+    result = ex.parity(lambda c: want, lambda c: got, clips, format="onnx", atol=10, heads=heads)
+    assert result.head_agreement == {"verb": 0.75, "noun": 0.75}
+    assert result.top1_agreement == 0.5 and not result.ok
+    with pytest.raises(ex.ParityError, match=r"top-1 agreement 0.5000, verb 0.7500, noun 0.7500"):
+        result.check()
+    assert ex.parity(lambda c: want, lambda c: got, clips, format="onnx", atol=10).top1_agreement == 0.75
+    assert ex.parity(lambda c: want, lambda c: want, clips, format="onnx", heads=heads).check().head_agreement == {
+        "verb": 1.0, "noun": 1.0}

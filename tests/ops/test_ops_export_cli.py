@@ -108,3 +108,40 @@ def test_a_perturbed_export_fails_with_its_figures_and_logs_nothing(registered, 
 def test_errors_exit_2_and_name_the_cause(tracking_uri, capsys):
     assert main(["export", "--tracking-uri", tracking_uri, "--model", "nobody"]) == EXIT_ERROR
     assert "registered model 'nobody': alias 'champion' not found" in capsys.readouterr().err
+
+
+def test_a_multi_head_version_is_checked_per_head(tracking_uri, tmp_path, capsys):
+    """An EPIC-style verb + noun student (the fixture's layout): the report, the printout and the
+    export run carry each head's top-1 agreement beside the all-heads one."""
+    from dtkd import models
+    from dtkd.config import EvalConfig
+    from dtkd.data import build_manifest
+    from dtkd.data.epic import write_epic_fixture
+    from dtkd.data.manifest import heads_of
+    from dtkd_ops.evaluation import gate_tags
+
+    root = write_epic_fixture(tmp_path / "epic", segments_per_video=6, segment_frames=16, size=32)
+    manifest = build_manifest("epic_kitchens100", root)
+    heads = heads_of(manifest)
+    split = sorted(set(manifest["split"]) - {"train"})[0]
+    manifest.to_parquet(tmp_path / "manifest.parquet", index=False)
+    spec = models.get_spec("x3d_tiny")
+    view = {"model_name": "x3d_tiny", "frames": 8, "sampling_rate": 2, "crop_size": 32,
+            "mean": list(spec.mean), "std": list(spec.std)}
+    torch.manual_seed(0)
+    model = models.build("x3d_tiny", heads.total, frames=8, crop_size=32, **OVERRIDES)
+    registry = ModelRegistry(tracking_uri)
+    registry.register_candidate(model, registered_name="epic", metrics={"top1": 0.5}, dataset_fingerprint="x",
+                                input_spec=view, build_options=OVERRIDES, tags=gate_tags(manifest, EvalConfig()))
+    out_json = tmp_path / "export.json"
+    code = main(["export", "--tracking-uri", tracking_uri, "--model", "epic", "--version", "1", "--split", split,
+                 "--manifest", str(tmp_path / "manifest.parquet"), "--out", str(tmp_path / "exports"),
+                 "--json", str(out_json), *FAST])
+    printed = capsys.readouterr()
+    assert code == EXIT_OK, printed.err
+    report = json.loads(out_json.read_text())
+    for fmt in ("torchscript", "onnx"):
+        assert report["parity"][fmt]["head_agreement"] == {"verb": 1.0, "noun": 1.0}
+    assert "top-1 agreement 1.0000, verb 1.0000, noun 1.0000 ok" in printed.out
+    metrics = registry.client.get_run(report["run_id"]).data.metrics
+    assert metrics["onnx_verb_top1_agreement"] == 1.0 and metrics["torchscript_noun_top1_agreement"] == 1.0
