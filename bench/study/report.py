@@ -44,13 +44,20 @@ def delta(cmp: Optional[Mapping[str, Any]]) -> str:
     return text + f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" + (" within noise" if cmp["within_noise"] else "")
 
 
+def _shipped_note(pretrained: Mapping) -> str:
+    """Where a shipped backbone came from (dtkd_ops.shipped): it was trained elsewhere, not here."""
+    source = pretrained.get("source") or ""
+    return f" (the repository's `{source.split(':', 1)[1]}`)" if source.startswith("shipped:") else ""
+
+
 def teachers_md(teachers: Mapping[str, dict]) -> list[str]:
     lines = ["| Teacher | Role | Model | Pretraining corpus test top-1 % | Train top-1 % | Val top-1 % | Test top-1 % | Note |",
              "|---|---|---|---:|---:|---:|---:|---|"]
     for tid, t in teachers.items():
         given = (t.get("pretrained") or {}).get("from")
         pre = (f"given weights `{Path(given).name}`" if given else
-               _pct(t["pretrained"]["corpus_test_top1"]) if t.get("pretrained") else "not pretrained")
+               _pct(t["pretrained"]["corpus_test_top1"]) + _shipped_note(t["pretrained"]) if t.get("pretrained")
+               else "not pretrained")
         train = _pct(t["train_top1"]) if t.get("train_top1") is not None else "—"
         lines.append(f"| {tid} | {t['role']} | {t['model']} | {pre} | {train} | {_pct(t['val_top1'])} | {_pct(t['test_top1'])} "
                      f"| {t.get('note') or ''} |")
@@ -102,7 +109,8 @@ def markdown(study: Mapping[str, Any]) -> str:
              "", HOW_TO_READ, "", "## Teachers (trained once for the whole study)", "", *teachers_md(study["teachers"])]
     if study.get("student_pretrained"):
         lines += ["", f"Student pretrained once on the corpus (corpus test top-1 "
-                  f"{_pct(study['student_pretrained']['corpus_test_top1'])}%); every cell fine-tunes from it."]
+                  f"{_pct(study['student_pretrained']['corpus_test_top1'])}%"
+                  f"{_shipped_note(study['student_pretrained'])}); every cell fine-tunes from it."]
     for table, tlines in a["tables"].items():
         if table == "8":  # its rows (CE, DT-KD) only feed the cost table's accuracies
             lines += ["", *table8_md(study["table8"], s["latency_repeats"])]

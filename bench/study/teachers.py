@@ -1,7 +1,12 @@
 """The study's teachers, prepared once and fixed for every cell, as in the paper: each is
 pretrained on the pretraining corpus (when its role is in ``pretraining.roles``), then fine-tuned
 on the target data. Trained weights are cached under the study's cache folder by a key of
-everything that determines them, so a rerun (or a resumed study) loads them."""
+everything that determines them, so a rerun (or a resumed study) loads them.
+
+A pretraining the repository ships the backbone of (``pretraining.shipped``, dtkd_ops.shipped:
+the record's key is exactly this stage and corpus) is loaded from there, as the pipeline does,
+not trained again; its key is then the file's sha256, so ``pretraining.shipped: null`` trains and
+caches apart."""
 from __future__ import annotations
 
 import io
@@ -103,14 +108,29 @@ class Planned:
     key: str
     path: Path
     pre: Optional["Planned"] = None
+    shipped: Any = None  # a pretraining the repository ships (dtkd_ops.shipped.Shipped): loaded, not trained
 
 
 def plan_pretrain(config: DTKDConfig, role: str, corpus, *, cache_dir: Path, epochs: Optional[int],
                   threads: int) -> Planned:
     stage = config.pretrain_stage(role)
     stage = stage.model_copy(update={"train": with_epochs(stage.train, epochs, None)})
+    shipped = _shipped(config, stage, corpus)
+    if shipped is not None:
+        key = digest({"shipped": shipped.meta["sha256"]})
+        return Planned(stage, key, cache_dir / "pretrained" / f"{role}-{stage.model.name}-shipped-{key}.pt",
+                       shipped=shipped)
     key = pretrain_key(stage, corpus, threads)
     return Planned(stage, key, cache_dir / "pretrained" / f"{role}-{stage.model.name}-{key}.pt")
+
+
+def _shipped(config: DTKDConfig, stage, corpus):
+    """The backbone ``pretraining.shipped`` holds for exactly this pretraining, or None."""
+    from dtkd_ops.shipped import find_shipped
+    from dtkd_ops.shipped import pretrain_key as shipped_key
+
+    pre = config.pretraining
+    return find_shipped(pre.shipped, f"{pre.registry_prefix}-{stage.role}", shipped_key(stage, corpus))
 
 
 def plan(task: dict[str, Any]) -> Planned:
@@ -158,6 +178,16 @@ def _pretrain(p: Planned, corpus) -> dict:
     """Train a planned pretraining (or load it); its metadata, "path" included."""
     if p.path.exists():
         return {**_load(p.path)[1], "path": str(p.path), "cached": True}
+    if p.shipped is not None:
+        from dtkd_ops.shipped import load_state_dict
+
+        state, record = load_state_dict(p.shipped), p.shipped.meta
+        log(f"pretrain {p.stage.role}: the shipped {p.shipped.weights} (trained on {record['trained'].get('cpu')}, "
+            f"{record['trained'].get('threads')} threads)")
+        meta = {"key": p.key, "state_hash": state_hash(state), "corpus_test_top1": record["corpus_test_top1"],
+                "seconds": 0.0, "source": f"shipped:{p.shipped.weights.name}", "trained": record.get("trained", {})}
+        _save(p.path, state, meta)
+        return {**meta, "path": str(p.path), "cached": False}
     t0 = time.perf_counter()
     log(f"pretrain {p.stage.role} ({p.stage.model.name}): {p.stage.train.epochs} epochs on {len(corpus)} corpus clips")
     job = _fit(p.stage, corpus, f"pretrain {p.stage.role}")
@@ -189,7 +219,7 @@ def prepare(task: dict[str, Any]) -> dict:
             "state_hash": state_hash(state), "val_top1": val.top1, "test_top1": test.top1, "test_top5": test.top5,
             "train_top1": _train_top1(job.model, stage, manifest),
             "pretrained": ({"from": stage.model.pretrained} if stage.model.pretrained else None) if pre is None
-            else {k: pre[k] for k in ("key", "corpus_test_top1", "seconds")},
+            else {k: pre[k] for k in ("key", "corpus_test_top1", "seconds", "source") if k in pre},
             "seconds": time.perf_counter() - t0 + (0.0 if pre is None or pre["cached"] else pre["seconds"])}
     _save(p.path, state, meta)
     log(f"teacher {spec.id}: val top-1 {100 * val.top1:.1f}%, test top-1 {100 * test.top1:.1f}%")

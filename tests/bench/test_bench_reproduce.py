@@ -253,3 +253,45 @@ def test_an_option_added_later_at_its_off_value_keeps_the_key():
     assert "unused" not in off["data"]["synthetic"]["clips_per_class"]
     turned_on = stage_json(on.distill_stage())
     assert turned_on["distill"]["transfer_set"] is True and turned_on["data"]["unlabelled"] == "synthetic"
+
+
+def test_a_pretraining_the_repository_ships_is_loaded_not_trained(tmp_path):
+    """As the pipeline's pretraining step: a shipped backbone whose record's key is exactly this
+    pretraining (stage and corpus bytes) is loaded; its cache key is the file's hash, so turning
+    shipping off (or any other pretraining) plans a training under another key."""
+    import hashlib
+
+    import torch
+
+    from bench.study import teachers
+    from bench.study.keys import state_hash
+    from dtkd.assemble import build_model
+    from dtkd_ops.shipped import pretrain_key
+
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    data = _tiny()
+    data["pretraining"]["shipped"] = str(shipped_dir)
+    config = reproduce.study_config(validate_config(data), tmp_path / "cache")
+    corpus = reproduce.load_manifest(config.pretraining.data)
+    stage = config.pretrain_stage("cnn")
+    torch.manual_seed(0)
+    state = build_model(stage.model, 2).state_dict()
+    torch.save(state, shipped_dir / "dtkd-pretrained-cnn.pt")
+    sha = hashlib.sha256((shipped_dir / "dtkd-pretrained-cnn.pt").read_bytes()).hexdigest()
+    record = {"key": pretrain_key(stage, corpus), "weights": "dtkd-pretrained-cnn.pt", "sha256": sha,
+              "corpus_test_top1": 0.25, "trained": {"cpu": "some CPU", "threads": "2"}}
+    (shipped_dir / "dtkd-pretrained-cnn.json").write_text(json.dumps(record))
+
+    plan = teachers.plan_pretrain(config, "cnn", corpus, cache_dir=tmp_path / "cache", epochs=None, threads=1)
+    assert plan.shipped is not None and "-shipped-" in plan.path.name
+    meta = teachers._pretrain(plan, corpus)
+    assert meta["source"] == "shipped:dtkd-pretrained-cnn.pt" and meta["corpus_test_top1"] == 0.25
+    assert meta["state_hash"] == state_hash(state) and meta["seconds"] == 0.0 and plan.path.is_file()
+    assert teachers._pretrain(plan, corpus)["cached"]
+
+    other = teachers.plan_pretrain(config, "cnn", corpus, cache_dir=tmp_path / "cache", epochs=2, threads=1)
+    assert other.shipped is None and other.key != plan.key  # another pretraining: trained
+    off = config.model_copy(update={"pretraining": config.pretraining.model_copy(update={"shipped": None})})
+    trained = teachers.plan_pretrain(off, "cnn", corpus, cache_dir=tmp_path / "cache", epochs=None, threads=1)
+    assert trained.shipped is None and trained.path != plan.path
