@@ -110,7 +110,8 @@ def markdown(study: Mapping[str, Any]) -> str:
     if study.get("student_pretrained"):
         lines += ["", f"Student pretrained once on the corpus (corpus test top-1 "
                   f"{_pct(study['student_pretrained']['corpus_test_top1'])}%"
-                  f"{_shipped_note(study['student_pretrained'])}); every cell fine-tunes from it."]
+                  f"{_shipped_note(study['student_pretrained']).replace(' (', ', ').rstrip(')')}); every cell "
+                  "fine-tunes from it."]
     for table, tlines in a["tables"].items():
         if table == "8":  # its rows (CE, DT-KD) only feed the cost table's accuracies
             lines += ["", *table8_md(study["table8"], s["latency_repeats"])]
