@@ -2,7 +2,7 @@
 every row over several seeds, with paired intervals that say whether a gain is more than noise.
 
     OMP_NUM_THREADS=1 python bench/reproduce.py --quick              # CE, KD-ViT, KD-CNN, DT-KD x 3 seeds
-    OMP_NUM_THREADS=1 python bench/reproduce.py                      # Tables 1, 5, 6, 7, 8 + terms x 5 seeds
+    OMP_NUM_THREADS=1 python bench/reproduce.py                      # Tables 1, 5, 6, 7, 8, terms, transfer x 5 seeds
     OMP_NUM_THREADS=1 python bench/reproduce.py --tables 1 8 --seeds 3 --jobs 2 --threads 1
 
 1. Teachers, once for the whole study (as in the paper): each starts from its ``pretrained``
@@ -278,8 +278,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=REPO / "docs", help="results.md, results.json, results/*.png")
     p.add_argument("--extra-vit", default=EXTRA_TEACHERS["vit"], help="Table 7's second ViT (registry name)")
     p.add_argument("--extra-cnn", default=EXTRA_TEACHERS["cnn"], help="Table 7's second CNN (registry name)")
-    p.add_argument("--transfer", action="store_true", help="also the few-label rows (16 labels per class): CE, DT-KD, "
-                   "and DT-KD on the other train clips as an unlabelled transfer set (distill.transfer_set)")
+    p.add_argument("--transfer", action="store_true", help="--quick: also the few-label rows (16 labels per class): "
+                   "CE, DT-KD, and DT-KD on the other train clips as an unlabelled transfer set (distill.transfer_set); "
+                   "the full study has them as its table 'transfer'")
     p.add_argument("--pretrained", choices=["study", "registry"], default="study",
                    help="study: pretrain the models of pretraining.roles here, on the corpus (no registry "
                         "needed); registry: fine-tune from the weights `make pretrain` registered")

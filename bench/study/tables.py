@@ -8,7 +8,7 @@ from bench.methods import ablation_variants
 from bench.study.cells import Row
 from dtkd.distill import DISTILLERS, DistillConfig
 
-TABLES = ("1", "5", "6", "7", "8", "terms")  # the full study's default
+TABLES = ("1", "5", "6", "7", "8", "terms", "transfer")  # the full study's default
 EXTRA_TABLES = ("tune",)  # only when named: a selection grid, read on validation
 TITLES = {
     "quick": "Quick study: CE, single-teacher baselines and DT-KD",
@@ -114,8 +114,8 @@ def study_tables(base: DistillConfig, tables: list[str], *, quick: bool, teacher
         builders = {"1": lambda: table1(base), "5": lambda: table5(base), "6": lambda: table6(base),
                     "7": lambda: table7(base, teacher_ids), "8": lambda: [r for r in table1(base) if r.name in ("none", "dtkd")],
                     "terms": lambda: terms(base), "tune": lambda: tune(base)}
-        out = {t: builders[t]() for t in tables}
-    if transfer:
+        out = {t: builders[t]() for t in tables if t != "transfer"}
+    if transfer or (not quick and "transfer" in tables):
         rows, note = transfer_rows(base)
         notes.append(note)
         if rows:

@@ -16,7 +16,7 @@ reproduce = load_bench("reproduce")  # puts the repository on sys.path: bench.st
 
 from bench.study import stats  # noqa: E402
 from bench.study.cells import Row, cell_key  # noqa: E402
-from bench.study.tables import BASELINES, KD_TAU, QUICK_ROWS, study_tables, table5, table6, table7  # noqa: E402
+from bench.study.tables import BASELINES, KD_TAU, QUICK_ROWS, TABLES, study_tables, table5, table6, table7  # noqa: E402
 from dtkd.distill import DistillConfig  # noqa: E402
 
 HEADLINE_KEYS = {"ce", "dtkd", "best_baseline", "best_baseline_name", "delta_ce_ci", "delta_best_ci", "teachers", "seeds"}
@@ -90,6 +90,9 @@ def test_tables_rows():
     tune_rows = study_tables(base, ["tune"], quick=False, teacher_ids=["vit", "cnn"], transfer=False)[0]["tune"]
     assert len(tune_rows) == 1 + 3 * 3  # CE, then per tau: KD-CNN and DT-KD at two (beta, gamma)
     assert {r.update.get("tau") for r in tune_rows[1:]} == {1.0, 2.0, 4.0}
+    full, notes = study_tables(base, list(TABLES), quick=False, teacher_ids=["vit", "cnn"], transfer=False)
+    assert list(full) == [t for t in TABLES if t != "transfer"] + ["transfer"]  # the few-label rows are in the full study
+    assert [r.labels_per_class for r in full["transfer"]] == [16, 16, 16] and notes
 
 
 # ------------------------------------------------------------------------------ cell key
