@@ -56,11 +56,11 @@ from dtkd.config import DTKDConfig, load_config  # noqa: E402
 from dtkd.data import class_names, num_classes_of, prepare_manifest, prepare_store  # noqa: E402
 
 QUICK_SEEDS, FULL_SEEDS = 3, 5
-EXTRA_TEACHERS = {"vit": "swin3d_t", "cnn": "i3d_tiny"}
-SUBSTITUTION = ("Table 7's second teachers: the zoo has no CPU-sized second ViT family (mvit_tiny's factory takes "
-                "no depth/width override), so the second ViT is {vit} (the paper-size architecture, trained from "
-                "scratch here at the study's clip), and the second CNN is {cnn} (a CPU-sized I3D); both see the "
-                "clip of the teacher they replace and go through the same pretraining and fine-tuning.")
+EXTRA_TEACHERS = {"vit": "swin3d_tiny", "cnn": "i3d_tiny"}
+SUBSTITUTION = ("Table 7's second teachers: the paper's families at CPU size, the second ViT {vit} (a Video Swin "
+                "with the widths of mvit_tiny) and the second CNN {cnn} (an I3D); both see the clip of the teacher "
+                "they replace, keep its model options where they accept them (the ViT's conv stem), and go "
+                "through the same pretraining and fine-tuning.")
 
 
 # ------------------------------------------------------------------------------ data

@@ -24,6 +24,7 @@ from dtkd.assemble import build_job, build_model, evaluate_model
 from dtkd.config import DTKDConfig, ModelRef, validate_config
 from dtkd.data import manifest_fingerprint, num_classes_of
 from dtkd.fsutil import atomic_write_bytes
+from dtkd.models import model_options
 
 BASE_TEACHERS = ("vit", "cnn")  # the config's teachers; their ids are their roles
 
@@ -51,16 +52,18 @@ def teacher_specs(extra: dict[str, str] | None = None) -> list[TeacherSpec]:
 def config_for(config: DTKDConfig, spec: TeacherSpec) -> DTKDConfig:
     """The config with ``spec``'s model in its role's slot. An extra teacher keeps the clip its
     role's teacher sees (frames, rate, crop resolved from the config; the model's own standard
-    clip can be paper-sized) and the role's training overrides; the overrides of the model it
-    replaces do not apply to another model and are dropped."""
+    clip can be paper-sized), the role's training overrides, and those model options of the model
+    it replaces that the new one accepts too (e.g. the ViT's ``stem``); the others are dropped."""
     if spec.model is None:
         return config
     key = f"{spec.role}_teacher"
     old = config.teacher_ref(spec.role)
     view = old.view()
+    accepted = model_options(spec.model)
     data = config.model_dump(mode="json")
     data["models"][key].update(name=spec.model, frames=view.frames, sampling_rate=view.sampling_rate,
-                               crop_size=view.crop_size, overrides={}, pretrained=None)
+                               crop_size=view.crop_size, pretrained=None,
+                               overrides={k: v for k, v in old.overrides.items() if k in accepted})
     return validate_config(data, source=f"study teacher {spec.id}")
 
 

@@ -50,6 +50,11 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def model_options(name: str) -> set[str]:
+    """Every override ``build``/``get_spec`` accept for model ``name``."""
+    return MODELS.get(name).options()
+
+
 def _check_overrides(entry: _Entry, overrides: dict[str, Any]) -> None:
     unknown = sorted(set(overrides) - entry.options())
     if unknown:

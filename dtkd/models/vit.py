@@ -1,5 +1,5 @@
 """Video transformers: MViTv2-S (the paper's ViT teacher) and Swin3D from torchvision, MViT-B from
-pytorchvideo, and a CPU-sized MViTv2-style teacher built from torchvision's MViT class."""
+pytorchvideo, and CPU-sized MViTv2 and Video Swin teachers built from torchvision's classes."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from torch import nn
 from torchvision.models import video as tv_video  # Swin3D builders
 from torchvision.models.video.mvit import MSBlockConfig, MViT
+from torchvision.models.video.swin_transformer import SwinTransformer3d
 
 from dtkd.models.layers import DropoutLinear, pytorchvideo_module
 from dtkd.models.registry import register_model
@@ -165,11 +166,39 @@ for _name, (_dim, _file, _tv, _paper) in _SWIN.items():
                     stochastic_depth_prob: Optional[float] = None) -> nn.Module:
             kwargs = {} if stochastic_depth_prob is None else {"stochastic_depth_prob": stochastic_depth_prob}
             model = getattr(tv_video, name)(weights=None, num_classes=num_classes, **kwargs)
-            # torchvision's Swin3D head has no dropout; keep the key names, add it on request.
-            if dropout:
-                old = model.head
-                model.head = DropoutLinear(old.in_features, old.out_features, dropout)
-                model.head.load_state_dict(old.state_dict())
-            return model
+            return _swin_head_dropout(model, dropout)
 
     _make()
+
+
+def _swin_head_dropout(model: nn.Module, dropout: Optional[float]) -> nn.Module:
+    # torchvision's Swin3D head has no dropout; keep the key names, add it on request.
+    if dropout:
+        old = model.head
+        model.head = DropoutLinear(old.in_features, old.out_features, dropout)
+        model.head.load_state_dict(old.state_dict())
+    return model
+
+
+# Video Swin in miniature: at 16x32^2 the patch grid is 8x8x8 -> 8x4x4 -> 8x2x2 (Swin merges
+# patches in space only), widths 32-64-128, windows of 4x4x4 tokens (smaller grids shrink them).
+_TINY_SWIN = dict(patch_size=[2, 4, 4], embed_dim=32, depths=[1, 2, 2], num_heads=[1, 2, 4], window_size=[4, 4, 4])
+
+
+@register_model(_vit_spec(
+    "swin3d_tiny", 8, 4, 64, tap="norm", layout="nthwc", dim=128, head="head", url=None, published=(),
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, scale="tiny",
+    desc="CPU-sized Video Swin (torchvision's SwinTransformer3d, 3 stages, widths 32-64-128)",
+))
+def swin3d_tiny(num_classes: int, *, frames: int, crop_size: int, dropout: Optional[float] = None,
+                stochastic_depth_prob: float = 0.0, stem: str = "patch") -> nn.Module:
+    """A second ViT family at the size of ``mvit_tiny`` (Table 7's other transformer). ``stem``
+    as for ``mvit_tiny``: ``patch`` (Swin's strided 2x4x4 convolution) or ``conv`` (3x3x3
+    convolutions with the same total stride, Xiao et al. 2021). Any clip size works: the patch
+    embedding pads and the windows shrink to a smaller grid."""
+    model = SwinTransformer3d(**_TINY_SWIN, stochastic_depth_prob=stochastic_depth_prob, num_classes=num_classes)
+    if stem == "conv":
+        model.patch_embed.proj = conv_stem(_TINY_SWIN["embed_dim"], _TINY_SWIN["patch_size"])
+    elif stem != "patch":
+        raise ValueError(f"swin3d_tiny: stem must be 'patch' or 'conv', got {stem!r}")
+    return _swin_head_dropout(model, 0.2 if dropout is None else dropout)

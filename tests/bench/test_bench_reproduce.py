@@ -135,6 +135,20 @@ def test_the_pixelkd_row_gives_the_student_half_the_teachers_crop():
     assert "pixelkd" not in BASELINES  # its student sees a quarter of the pixels: not a like-for-like baseline
 
 
+def test_a_second_teacher_keeps_the_clip_and_only_the_options_it_accepts():
+    from bench.study.teachers import TeacherSpec, config_for
+
+    data = _tiny()
+    data["models"]["vit_teacher"].update(frames=8, sampling_rate=1, overrides={"stem": "conv"})
+    data["models"]["cnn_teacher"]["overrides"] = {"spatial_strides": [2, 2, 2, 1]}
+    cfg = validate_config(data)
+    vit2 = config_for(cfg, TeacherSpec("vit2", "vit", "swin3d_tiny")).teacher_ref("vit")
+    assert (vit2.name, vit2.frames, vit2.sampling_rate, vit2.crop_size) == ("swin3d_tiny", 8, 1, 32)
+    assert vit2.overrides == {"stem": "conv"}  # swin3d_tiny has a conv stem too
+    cnn2 = config_for(cfg, TeacherSpec("cnn2", "cnn", "i3d_tiny")).teacher_ref("cnn")
+    assert cnn2.name == "i3d_tiny" and cnn2.overrides == {}  # X3D's strides mean nothing to an I3D
+
+
 def test_a_baselines_own_knob_keys_only_that_baselines_cells():
     from bench.study.cells import StudyContext, build_stage
 

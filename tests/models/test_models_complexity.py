@@ -47,7 +47,7 @@ def test_x3d_s_flops_match_the_x3d_table():
 
 
 def test_tiny_models_are_cpu_sized():
-    for name in ("x3d_tiny", "x3d_tiny_m", "mvit_tiny"):
+    for name in ("x3d_tiny", "x3d_tiny_m", "mvit_tiny", "swin3d_tiny"):
         spec = models.get_spec(name)
         assert count_flops(models.build(name, 6), spec.input_shape) < 0.5  # GFLOPs per 8x64^2 clip
     assert count_params(models.build("x3d_tiny", 6)) < count_params(models.build("x3d_tiny_m", 6))

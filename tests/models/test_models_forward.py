@@ -84,7 +84,7 @@ def _separable_batch(n_classes=3, per_class=2, frames=4, crop=32):
 
 
 # x3d_tiny_m is the same builder as x3d_tiny, wider and deeper: the student stands for both.
-@pytest.mark.parametrize("name", ["x3d_tiny", "mvit_tiny"])
+@pytest.mark.parametrize("name", ["x3d_tiny", "mvit_tiny", "swin3d_tiny"])
 def test_tiny_models_learn(name):
     x, y = _separable_batch()
     model = models.build(name, 3, frames=4, crop_size=32).train()

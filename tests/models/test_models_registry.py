@@ -21,7 +21,7 @@ def test_zoo_has_the_contracted_names():
     required = {
         "x3d_xs", "x3d_s", "x3d_m", "x3d_l", "slowfast_r50", "slow_r50", "i3d_r50", "r2plus1d_r50", "csn_r101",
         "mvit_b", "mvit_v2_s", "swin3d_t", "swin3d_s", "swin3d_b", "x3d_tiny", "x3d_tiny_m", "mvit_tiny",
-        "slowfast_tiny", "i3d_tiny",
+        "slowfast_tiny", "i3d_tiny", "swin3d_tiny",
     }
     assert required <= set(models.list_models())
     assert models.list_models() == sorted(models.list_models())
@@ -140,3 +140,23 @@ def test_mvit_tiny_conv_stem_keeps_the_patch_grid_and_the_token_tap():
     assert conv(clip).shape == (2, 5)
     with pytest.raises(ValueError, match="stem must be 'patch' or 'conv', got 'cnn'"):
         models.build("mvit_tiny", 5, stem="cnn")
+
+
+def test_swin3d_tiny_stems_give_one_grid_and_the_windows_shrink_to_small_grids():
+    """Both stems embed 16x32^2 into the same 8x8x8 grid of 32 channels; Swin merges patches in
+    space only, so the tap (the final norm, as (B, C, T, H, W)) is 128x8x2x2; an 8-frame clip works
+    too (the 4x4x4 windows shrink to the 4-frame grid)."""
+    from dtkd.models.taps import FeatureTap
+
+    clip = torch.zeros(2, 3, 16, 32, 32)
+    patch = models.build("swin3d_tiny", 5, frames=16, crop_size=32).eval()
+    conv = models.build("swin3d_tiny", 5, frames=16, crop_size=32, stem="conv").eval()
+    assert patch.patch_embed(clip).shape == conv.patch_embed(clip).shape == (2, 8, 8, 8, 32)
+    assert [m.stride for m in conv.patch_embed.proj if isinstance(m, nn.Conv3d)] == [(2, 2, 2), (1, 2, 2), (1, 1, 1)]
+    spec = models.get_spec("swin3d_tiny", frames=16, crop_size=32)
+    with FeatureTap(conv, spec) as tap:
+        assert conv(clip).shape == (2, 5)
+        assert tap.features.shape == (2, 128, 8, 2, 2)
+    assert conv(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 5)
+    with pytest.raises(ValueError, match="stem must be 'patch' or 'conv', got 'cnn'"):
+        models.build("swin3d_tiny", 5, stem="cnn")

@@ -22,7 +22,7 @@ def _assert_same_state(a, b):
         torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize("name", ["x3d_tiny", "mvit_tiny", "slowfast_tiny"])
+@pytest.mark.parametrize("name", ["x3d_tiny", "mvit_tiny", "slowfast_tiny", "swin3d_tiny"])
 def test_round_trip_from_a_local_file(tmp_path, name):
     src = _fresh(name, seed=1)
     path = tmp_path / "w.pt"
