@@ -9,7 +9,7 @@ from bench.study.cells import Row
 from dtkd.distill import DISTILLERS, DistillConfig
 
 TABLES = ("1", "5", "6", "7", "8", "terms", "transfer")  # the full study's default
-EXTRA_TABLES = ("tune",)  # only when named: a selection grid, read on validation
+EXTRA_TABLES = ("tune", "tune-baselines")  # only when named: selection grids, read on validation
 TITLES = {
     "quick": "Quick study: CE, single-teacher baselines and DT-KD",
     "1": "Table 1: DT-KD against CE and the single-teacher baselines",
@@ -20,6 +20,7 @@ TITLES = {
     "terms": "Which term: DT-KD with one loss term off at a time",
     "transfer": "Transfer: few labels, with and without the unlabelled transfer set",
     "tune": "Selection on validation: temperature and the weights of L_SD and L_RKD",
+    "tune-baselines": "Selection on validation: the weight of each other baseline's distillation term",
 }
 # single-teacher rows the best baseline is chosen from (OFA-KD and CAKD: the cross-architecture ones)
 BASELINES = ("kd-vit", "kd-cnn", "dkd", "at", "mgd", "rkd", "ofa", "cakd")  # not pixelkd: its student sees less
@@ -72,14 +73,46 @@ TUNE_WEIGHTS = ((1.0, 1.0), (0.1, 0.1))  # (beta, gamma)
 
 def tune(base: DistillConfig) -> list[Row]:
     """The grid the defaults are chosen from, on validation only: tau (shared by L_SR, KD and DKD,
-    so the KD baseline gets the same grid) x the weights of L_SD and L_RKD (beta, gamma). Rows at
-    the config's own values are the same cells as Table 1's, by content."""
+    so the KD baselines, from either teacher, get the same grid) x the weights of L_SD and L_RKD
+    (beta, gamma). Rows at the config's own values are the same cells as Table 1's, by content."""
     rows = [CE]
     for tau in TUNE_TAUS:
-        rows.append(Row(f"kd-cnn tau={tau:g}", {"method": "kd", "baseline_teacher": "cnn", "tau": tau}))
+        for teacher in ("vit", "cnn"):
+            rows.append(Row(f"kd-{teacher} tau={tau:g}", {"method": "kd", "baseline_teacher": teacher, "tau": tau}))
         for beta, gamma in TUNE_WEIGHTS:
             rows.append(Row(f"dtkd tau={tau:g} beta={beta:g} gamma={gamma:g}",
                             {"method": "dtkd", "tau": tau, "beta": beta, "gamma": gamma}))
+    return rows
+
+
+# Each other baseline's own knob, the same 3-point grid per method: the paper's value and a tenth
+# and ten times it (DKD: its beta, the weight of the non-target-class term, at 1, 2 and its
+# paper's 8; CAKD and PixelKD, far below CE at their papers' values, a tenth and a hundredth).
+def _scaled(base: DistillConfig, fields: tuple[str, ...], factors: tuple[float, ...]) -> list[tuple[float, dict]]:
+    return [(f, {k: float(f"{getattr(base, k) * f:.6g}") for k in fields}) for f in factors]
+
+
+BASELINE_GRID = {
+    "dkd": lambda b: [(v, {"dkd_beta": v}) for v in (8.0, 2.0, 1.0)],
+    "at": lambda b: _scaled(b, ("at_weight",), (1.0, 0.1, 10.0)),
+    "mgd": lambda b: _scaled(b, ("mgd_weight",), (1.0, 0.1, 10.0)),
+    "rkd": lambda b: _scaled(b, ("gamma",), (1.0, 0.1, 10.0)),
+    "ofa": lambda b: _scaled(b, ("ofa_weight", "ofa_final_weight"), (1.0, 0.1, 10.0)),
+    "cakd": lambda b: _scaled(b, ("cakd_pca_weight", "cakd_gl_weight"), (1.0, 0.1, 0.01)),
+    "pixelkd": lambda b: _scaled(b, ("pixelkd_isrd_weight",), (1.0, 0.1, 0.01)),
+}
+
+
+def tune_baselines(base: DistillConfig) -> list[Row]:
+    """Every other single-teacher baseline over its grid (``BASELINE_GRID``), on validation only,
+    so each is compared at its own best setting, as KD (``tune``) and DT-KD are; the row at the
+    paper's value is the same cell as Table 1's."""
+    rows = [CE]
+    for method, grid in BASELINE_GRID.items():
+        for value, update in grid(base):
+            label = " ".join(f"{k}={v:g}" for k, v in update.items())
+            rows.append(Row(f"{method} {label}", {"method": method, **update},
+                            student_scale=base.pixelkd_scale if method == "pixelkd" else None))
     return rows
 
 
@@ -113,7 +146,8 @@ def study_tables(base: DistillConfig, tables: list[str], *, quick: bool, teacher
     else:
         builders = {"1": lambda: table1(base), "5": lambda: table5(base), "6": lambda: table6(base),
                     "7": lambda: table7(base, teacher_ids), "8": lambda: [r for r in table1(base) if r.name in ("none", "dtkd")],
-                    "terms": lambda: terms(base), "tune": lambda: tune(base)}
+                    "terms": lambda: terms(base), "tune": lambda: tune(base),
+                    "tune-baselines": lambda: tune_baselines(base)}
         out = {t: builders[t]() for t in tables if t != "transfer"}
     if transfer or (not quick and "transfer" in tables):
         rows, note = transfer_rows(base)
