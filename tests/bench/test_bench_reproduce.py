@@ -88,11 +88,34 @@ def test_tables_rows():
     kd_cnn = next(r for r in quick["quick"] if r.name == "kd-cnn")
     assert kd_cnn.update == {"method": "kd", "baseline_teacher": "cnn", "tau": KD_TAU}  # its own tau, chosen on val
     tune_rows = study_tables(base, ["tune"], quick=False, teacher_ids=["vit", "cnn"], transfer=False)[0]["tune"]
-    assert len(tune_rows) == 1 + 3 * 3  # CE, then per tau: KD-CNN and DT-KD at two (beta, gamma)
+    assert len(tune_rows) == 1 + 3 * 4  # CE, then per tau: KD from each teacher and DT-KD at two (beta, gamma)
     assert {r.update.get("tau") for r in tune_rows[1:]} == {1.0, 2.0, 4.0}
     full, notes = study_tables(base, list(TABLES), quick=False, teacher_ids=["vit", "cnn"], transfer=False)
     assert list(full) == [t for t in TABLES if t != "transfer"] + ["transfer"]  # the few-label rows are in the full study
     assert [r.labels_per_class for r in full["transfer"]] == [16, 16, 16] and notes
+
+
+def test_every_other_baseline_is_tuned_over_three_values_one_of_them_its_table1_setting():
+    from bench.study.tables import BASELINE_GRID, table1, tune_baselines
+
+    base = DistillConfig()
+    rows = tune_baselines(base)
+    assert rows[0].name == "none" and len(rows) == 1 + 3 * len(BASELINE_GRID)
+
+    def resolved(row):
+        return DistillConfig.model_validate({**base.model_dump(), **row.update})
+
+    table1_rows = {r.name: r for r in table1(base)}
+    for method in BASELINE_GRID:
+        grid = [r for r in rows[1:] if r.update["method"] == method]
+        configs = [resolved(r) for r in grid]
+        assert len(grid) == 3 and len({c.model_dump_json() for c in configs}) == 3  # three distinct settings
+        assert resolved(table1_rows[method]) in configs  # Table 1's setting is a grid point: the same cells
+        assert all(r.student_scale == table1_rows[method].student_scale for r in grid)  # PixelKD's smaller crop kept
+    dkd = [resolved(r).dkd_beta for r in rows if r.update["method"] == "dkd"]
+    assert dkd == [8.0, 2.0, 1.0]
+    at = sorted(resolved(r).at_weight for r in rows if r.update["method"] == "at")
+    assert at == pytest.approx([0.78125, 7.8125, 78.125])  # a tenth and ten times the paper's
 
 
 # ------------------------------------------------------------------------------ cell key
