@@ -149,9 +149,23 @@ def prepare_models(config: DTKDConfig, specs: list[TeacherSpec], manifest, corpu
 
 
 # ------------------------------------------------------------------------------ study
+def only_rows(row_tables: dict[str, list], names: list[str]) -> dict[str, list]:
+    """Each table cut to the rows named (CE, every row's reference, always kept); a name that is in
+    no table is an error naming it and the rows there are."""
+    known = {r.name for rows in row_tables.values() for r in rows}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--rows: no row {', '.join(map(repr, unknown))} in the tables asked for; rows there: "
+                         f"{', '.join(sorted(known))}")
+    keep = set(names) | {CE.name}
+    return {t: [r for r in rows if r.name in keep] for t, rows in row_tables.items()
+            if any(r.name in keep and r.name != CE.name for r in rows)}
+
+
 def run_study(config: DTKDConfig, *, tables: list[str], quick: bool = False, seeds: int, jobs: int, threads: int,
               cache_dir: Path, epochs: Optional[int] = None, extra: Optional[dict[str, str]] = None,
-              transfer: bool = False, latency_repeats: int = 20, pretrained: str = "study") -> dict[str, Any]:
+              transfer: bool = False, latency_repeats: int = 20, pretrained: str = "study",
+              rows: Optional[list[str]] = None) -> dict[str, Any]:
     """The whole study; returns everything results.json holds (plots: ``make_plots``).
     ``pretrained``: ``study`` (pretrain the roles of ``pretraining.roles`` here) or ``registry``
     (use the weights ``make pretrain`` registered)."""
@@ -167,6 +181,8 @@ def run_study(config: DTKDConfig, *, tables: list[str], quick: bool = False, see
     specs = teacher_specs(extra)
     row_tables, notes = study_tables(config.distill, tables, quick=quick, teacher_ids=[s.id for s in specs],
                                      transfer=transfer)
+    if rows:
+        row_tables = only_rows(row_tables, rows)
     if extra:
         notes.append(SUBSTITUTION.format(**{"vit": extra.get("vit", "—"), "cnn": extra.get("cnn", "—")}))
     teachers, student = prepare_models(config, specs, manifest, corpus, cache_dir=cache_dir, epochs=epochs,
@@ -284,6 +300,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--pretrained", choices=["study", "registry"], default="study",
                    help="study: pretrain the models of pretraining.roles here, on the corpus (no registry "
                         "needed); registry: fine-tune from the weights `make pretrain` registered")
+    p.add_argument("--rows", nargs="+", default=None, help="only these rows of the tables asked for (and CE), "
+                   "e.g. more seeds for one row of a selection grid: --tables tune --rows 'dtkd tau=2 beta=1 gamma=1'")
     p.add_argument("--latency-repeats", type=int, default=20, help="Table 8: forwards whose median is the latency")
     args = p.parse_args(argv)
     if args.seeds is None:
@@ -302,7 +320,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     study = run_study(load_config(args.config), tables=args.tables, quick=args.quick, seeds=args.seeds, jobs=args.jobs,
                       threads=args.threads, cache_dir=args.cache_dir, epochs=args.epochs,
                       extra={"vit": args.extra_vit, "cnn": args.extra_cnn}, transfer=args.transfer, pretrained=args.pretrained,
-                      latency_repeats=args.latency_repeats)
+                      latency_repeats=args.latency_repeats, rows=args.rows)
     study["setup"]["config"] = str(args.config)
     study["plots"] = make_plots(study, args.out_dir)
     md, js = write(study, args.out_dir)

@@ -118,6 +118,17 @@ def test_every_other_baseline_is_tuned_over_three_values_one_of_them_its_table1_
     assert at == pytest.approx([0.78125, 7.8125, 78.125])  # a tenth and ten times the paper's
 
 
+def test_rows_cuts_every_table_to_the_named_rows_and_ce():
+    base = DistillConfig()
+    tables = study_tables(base, ["1", "tune"], quick=False, teacher_ids=["vit", "cnn"], transfer=False)[0]
+    cut = reproduce.only_rows(tables, ["dtkd tau=2 beta=1 gamma=1"])
+    assert list(cut) == ["tune"]  # Table 1 has no such row: dropped, not left as CE alone
+    assert [r.name for r in cut["tune"]] == ["none", "dtkd tau=2 beta=1 gamma=1"]
+    assert [r.name for r in reproduce.only_rows(tables, ["dtkd"])["1"]] == ["none", "dtkd"]
+    with pytest.raises(SystemExit, match="'dtkd tau=3'"):
+        reproduce.only_rows(tables, ["dtkd tau=3"])
+
+
 # ------------------------------------------------------------------------------ cell key
 def test_cell_key_changes_with_every_input_and_only_then(monkeypatch):
     from bench.study.cells import StudyContext, build_stage
