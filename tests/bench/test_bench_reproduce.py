@@ -96,9 +96,9 @@ def test_tables_rows():
 
 
 def test_every_other_baseline_is_tuned_over_three_values_one_of_them_its_table1_setting():
-    from bench.study.tables import BASELINE_GRID, table1, tune_baselines
+    from bench.study.tables import BASELINE_GRID, BASELINE_SETTINGS, table1, tune_baselines
 
-    base = DistillConfig()
+    base = reproduce.load_config(reproduce.REPO / "configs" / "default.yaml").distill  # the study's
     rows = tune_baselines(base)
     assert rows[0].name == "none" and len(rows) == 1 + 3 * len(BASELINE_GRID)
 
@@ -112,6 +112,7 @@ def test_every_other_baseline_is_tuned_over_three_values_one_of_them_its_table1_
         assert len(grid) == 3 and len({c.model_dump_json() for c in configs}) == 3  # three distinct settings
         assert resolved(table1_rows[method]) in configs  # Table 1's setting is a grid point: the same cells
         assert all(r.student_scale == table1_rows[method].student_scale for r in grid)  # PixelKD's smaller crop kept
+    assert set(BASELINE_SETTINGS) <= set(BASELINE_GRID)  # every Table 1 choice was made on its grid
     dkd = [resolved(r).dkd_beta for r in rows if r.update["method"] == "dkd"]
     assert dkd == [8.0, 2.0, 1.0]
     at = sorted(resolved(r).at_weight for r in rows if r.update["method"] == "at")
