@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 
 # One resolve with the lock file: a second pip install once broke zenml's opentelemetry pin.
 # uv installs the same pinned set as pip (the same resolve with constraints.txt; `pip freeze` equal)
-# in about a third of the time from a warm cache (docs/runs.md); INSTALLER=pip, or any uv failure
+# in a tenth of the time from warm caches (12 s vs 130 s, docs/runs.md); INSTALLER=pip, or any uv failure
 # (an index only pip's configuration names), installs with pip instead.
 INSTALLER ?= uv
 UV_VERSION := 0.13.9

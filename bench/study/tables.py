@@ -29,7 +29,7 @@ FEW_LABELS = 16
 CE = Row("none", {"method": "none"})  # every row's reference: the study always runs it
 # Each baseline at its own best setting on validation, not at DT-KD's or its paper's: the
 # `tune` (KD's tau) and `tune-baselines` grids with the study's teachers, seeds 0-1, the highest
-# mean validation top-1 (a tie keeps the paper's value; docs/tune/results.md, docs/runs.md).
+# mean validation top-1 (a tie keeps the value run before; docs/tune/results.md, docs/runs.md).
 KD_TAU = 1.0
 BASELINE_SETTINGS = {
     "dkd": {"dkd_beta": 1.0},                                  # paper 8: val 72.9 -> 80.2
@@ -98,12 +98,12 @@ def tune(base: DistillConfig) -> list[Row]:
 # Each other baseline's own knob, the same 3-point grid per method: the paper's value and a tenth
 # and ten times it (DKD: its beta, the weight of the non-target-class term, at 1, 2 and its
 # paper's 8; CAKD and PixelKD, far below CE at their papers' values, a tenth and a hundredth).
-def _scaled(base: DistillConfig, fields: tuple[str, ...], factors: tuple[float, ...]) -> list[tuple[float, dict]]:
-    return [(f, {k: float(f"{getattr(base, k) * f:.6g}") for k in fields}) for f in factors]
+def _scaled(base: DistillConfig, fields: tuple[str, ...], factors: tuple[float, ...]) -> list[dict]:
+    return [{k: float(f"{getattr(base, k) * f:.6g}") for k in fields} for f in factors]
 
 
 BASELINE_GRID = {
-    "dkd": lambda b: [(v, {"dkd_beta": v}) for v in (8.0, 2.0, 1.0)],
+    "dkd": lambda b: [{"dkd_beta": v} for v in (8.0, 2.0, 1.0)],
     "at": lambda b: _scaled(b, ("at_weight",), (1.0, 0.1, 10.0)),
     "mgd": lambda b: _scaled(b, ("mgd_weight",), (1.0, 0.1, 10.0)),
     "rkd": lambda b: _scaled(b, ("gamma",), (1.0, 0.1, 10.0)),
@@ -119,7 +119,7 @@ def tune_baselines(base: DistillConfig) -> list[Row]:
     paper's value is the same cell as Table 1's."""
     rows = [CE]
     for method, grid in BASELINE_GRID.items():
-        for value, update in grid(base):
+        for update in grid(base):
             label = " ".join(f"{k}={v:g}" for k, v in update.items())
             rows.append(Row(f"{method} {label}", {"method": method, **update},
                             student_scale=base.pixelkd_scale if method == "pixelkd" else None))
