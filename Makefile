@@ -25,10 +25,11 @@ install: $(VENV)/.installed
 
 # One resolve with the lock file: a second pip install once broke zenml's opentelemetry pin.
 # uv installs the same pinned set as pip (the same resolve with constraints.txt; `pip freeze` equal)
-# in a tenth of the time from warm caches (12 s vs 130 s, docs/runs.md); INSTALLER=pip, or any uv failure
-# (an index only pip's configuration names), installs with pip instead. --compile-bytecode as pip
-# does: where PYTHONDONTWRITEBYTECODE is set (this fleet), a venv without .pyc files recompiles every
-# module on every import (imports twice as slow; `make test` took 16 min instead of 13).
+# in under half the time from warm caches (57 s vs 130 s, bytecode compiled by both; docs/runs.md);
+# INSTALLER=pip, or any uv failure (an index only pip's configuration names), installs with pip.
+# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set (this fleet), a venv without
+# .pyc files recompiles every module on every import (imports twice as slow; `make test` took 16 min
+# instead of 13).
 INSTALLER ?= uv
 UV_VERSION := 0.13.9
 PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt -e ".[mlops,test]"
