@@ -16,7 +16,7 @@ reproduce = load_bench("reproduce")  # puts the repository on sys.path: bench.st
 
 from bench.study import stats  # noqa: E402
 from bench.study.cells import Row, cell_key  # noqa: E402
-from bench.study.tables import BASELINES, KD_TAU, QUICK_ROWS, TABLES, study_tables, table5, table6, table7  # noqa: E402
+from bench.study.tables import BASELINE_BASE, BASELINES, KD_TAU, QUICK_ROWS, TABLES, study_tables, table5, table6, table7  # noqa: E402
 from dtkd.distill import DistillConfig  # noqa: E402
 
 HEADLINE_KEYS = {"ce", "dtkd", "best_baseline", "best_baseline_name", "delta_ce_ci", "delta_best_ci", "teachers", "seeds"}
@@ -86,13 +86,34 @@ def test_tables_rows():
     quick, _ = study_tables(base, [], quick=True, teacher_ids=["vit", "cnn"], transfer=False)
     assert [r.name for r in quick["quick"]] == list(QUICK_ROWS)
     kd_cnn = next(r for r in quick["quick"] if r.name == "kd-cnn")
-    assert kd_cnn.update == {"method": "kd", "baseline_teacher": "cnn", "tau": KD_TAU}  # its own tau, chosen on val
+    assert kd_cnn.update == {**BASELINE_BASE, "method": "kd", "baseline_teacher": "cnn", "tau": KD_TAU}  # its own tau
     tune_rows = study_tables(base, ["tune"], quick=False, teacher_ids=["vit", "cnn"], transfer=False)[0]["tune"]
     assert len(tune_rows) == 1 + 3 * 4  # CE, then per tau: KD from each teacher and DT-KD at two (beta, gamma)
     assert {r.update.get("tau") for r in tune_rows[1:]} == {1.0, 2.0, 4.0}
     full, notes = study_tables(base, list(TABLES), quick=False, teacher_ids=["vit", "cnn"], transfer=False)
     assert list(full) == [t for t in TABLES if t != "transfer"] + ["transfer"]  # the few-label rows are in the full study
     assert [r.labels_per_class for r in full["transfer"]] == [16, 16, 16] and notes
+
+
+def test_moving_dtkd_defaults_moves_dtkd_rows_only():
+    """DT-KD's tau, beta and gamma (the config's) reach every DT-KD row and no other row: the
+    baselines keep the distill section they were tuned on, so their cells stay the same cells."""
+    def resolved(tables, base):
+        return {(t, r.name): DistillConfig.model_validate({**base.model_dump(), **r.update})
+                for t, rows in tables.items() for r in rows}
+
+    kw = dict(quick=False, teacher_ids=["vit", "cnn"], transfer=False)
+    names = list(TABLES) + ["tune", "tune-baselines"]
+    old_base = DistillConfig(tau=4.0, beta=0.1, gamma=0.1)
+    new_base = DistillConfig(tau=2.0, beta=1.0, gamma=1.0)
+    old, new = (resolved(study_tables(b, names, **kw)[0], b) for b in (old_base, new_base))
+    assert old.keys() == new.keys()
+    moved = {k for k in old if old[k] != new[k]}
+    assert moved and all(new[k].method == "dtkd" for k in moved)
+    assert all(old[k] == new[k] for k in old if new[k].method != "dtkd")
+    dkd = new[("1", "dkd")]
+    assert (dkd.tau, dkd.beta, dkd.gamma) == (4.0, 0.1, 0.1) and new[("1", "rkd")].gamma == 0.01
+    assert (new[("1", "dtkd")].tau, new[("1", "dtkd")].beta) == (2.0, 1.0)
 
 
 def test_every_other_baseline_is_tuned_over_three_values_one_of_them_its_table1_setting():
