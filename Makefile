@@ -18,18 +18,20 @@ export ZENML_LOGGING_COLORS_DISABLED := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
+# Python writes the bytecode of what it imports, once, into the venv and the checkout (both
+# git-ignored): where PYTHONDONTWRITEBYTECODE is set (this fleet), a venv without .pyc files
+# recompiles every module on every import (imports twice as slow; `make test` took 16 min instead
+# of 13). Cheaper than compiling all 239 packages at install (45 s; docs/runs.md).
+export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup install stack remote sysdeps check data pretrain run retrain rollback team-up team-down schedule test test-fast bench clean
+.PHONY: setup install stack remote sysdeps check data prepare pretrain run retrain rollback team-up team-down schedule test test-fast bench clean
 
 install: $(VENV)/.installed
 
 # One resolve with the lock file: a second pip install once broke zenml's opentelemetry pin.
 # uv installs the same pinned set as pip (the same resolve with constraints.txt; `pip freeze` equal)
-# in under half the time from warm caches (57 s vs 130 s, bytecode compiled by both; docs/runs.md);
-# INSTALLER=pip, or any uv failure (an index only pip's configuration names), installs with pip.
-# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set (this fleet), a venv without
-# .pyc files recompiles every module on every import (imports twice as slow; `make test` took 16 min
-# instead of 13).
+# in a tenth of the time from warm caches (12 s vs 130 s; docs/runs.md); INSTALLER=pip, or any uv
+# failure (an index only pip's configuration names), installs with pip.
 INSTALLER ?= uv
 UV_VERSION := 0.13.9
 PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt -e ".[mlops,test]"
@@ -38,7 +40,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade "pip>=24" wheel
 	@if [ "$(INSTALLER)" = uv ] && $(PY) -m pip install -q "uv==$(UV_VERSION)"; then \
 	  echo "uv pip install -c constraints.txt -e .[mlops,test]"; \
-	  $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -c constraints.txt -e ".[mlops,test]" \
+	  $(VENV)/bin/uv pip install -q --python $(PY) $${PIP_FIND_LINKS:+--find-links $$PIP_FIND_LINKS} -c constraints.txt -e ".[mlops,test]" \
 	  || { echo "uv failed: installing with pip" >&2; $(PIP_INSTALL); }; \
 	else echo "$(PIP_INSTALL)"; $(PIP_INSTALL); fi
 	@touch $@
@@ -66,13 +68,24 @@ remote: install
 	@$(VENV)/bin/dvc remote default >/dev/null 2>&1 || \
 	  $(VENV)/bin/dvc remote add --local -d dtkd $(DTKD_DVC_REMOTE)
 
-# Pretrain the backbones the run config's `pretraining:` section names (reused from the MLflow
-# registry when the same pretraining is registered already), then run the pipeline.
-pretrain: setup check data
-	$(VENV)/bin/zenml pipeline run pipelines.pretraining.pretraining_pipeline -c $(CONFIG)
+# Everything a pipeline needs, its independent parts side by side: the DVC data stages beside the
+# ZenML stack and the config check (each mostly one core, 2 here: ~30 s of a first run). A failed
+# check fails the target once the data stages are done (they are resumable; nothing is trained).
+prepare: install
+	@$(MAKE) --no-print-directory data & data=$$!; \
+	$(MAKE) --no-print-directory setup check; ok=$$?; \
+	wait $$data && exit $$ok
 
-run: pretrain
-	$(VENV)/bin/zenml pipeline run $(PIPELINE) -c $(CONFIG)
+# Pretrain the backbones the run config's `pretraining:` section names (reused from the MLflow
+# registry when the same pretraining is registered already), then run the pipeline. `run` runs
+# both in one process (pipelines.run: each as `zenml pipeline run SOURCE -c CONFIG` would; one
+# start-up of torch, ZenML and MLflow instead of two).
+PRETRAINING := pipelines.pretraining.pretraining_pipeline
+pretrain: prepare
+	$(VENV)/bin/zenml pipeline run $(PRETRAINING) -c $(CONFIG)
+
+run: prepare
+	$(PY) -m pipelines.run -c $(CONFIG) $(PRETRAINING) $(PIPELINE)
 
 # The run config, before anything runs: unknown top-level keys (ZenML ignores them), every dtkd
 # key, the model options and the gate config, each error naming the file and the key.

@@ -159,8 +159,9 @@ def home(tmp_path_factory) -> Home:
     h = Home(tmp_path_factory.mktemp("pipeline"))
     _run([sys.executable, "-m", "pipelines.stack"], h.env)
     h.init_data_repo()
-    h.zenml_run("pipelines.pretraining.pretraining_pipeline")
-    h.zenml_run("pipelines.training.training_pipeline")
+    # as `make run` runs them: both pipelines in one process (pipelines.run)
+    _run([sys.executable, "-m", "pipelines.run", "-c", h.config, "pipelines.pretraining.pretraining_pipeline",
+          "pipelines.training.training_pipeline"], h.env)
     return h
 
 
