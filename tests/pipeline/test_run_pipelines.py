@@ -18,13 +18,33 @@ def config(tmp_path, monkeypatch):
     return path
 
 
-def test_a_source_that_is_not_a_pipeline_is_refused_before_any_runs(config, capsys, monkeypatch):
-    ran = []
-    monkeypatch.setattr(run, "load_pipeline", _recording(run.load_pipeline, ran))
+@pytest.fixture
+def calls(monkeypatch):
+    """Every pipeline run main() starts, as (name, config_path), without running it."""
+    from zenml.pipelines.pipeline_definition import Pipeline
+
+    seen = []
+
+    def with_options(self, **kwargs):
+        seen.append((self.name, kwargs.get("config_path")))
+        return self
+
+    monkeypatch.setattr(Pipeline, "with_options", with_options)
+    monkeypatch.setattr(Pipeline, "__call__", lambda self, *a, **k: None)
+    return seen
+
+
+def test_pipelines_run_in_the_order_given_each_with_the_config(config, calls):
+    sources = ["pipelines.pretraining.pretraining_pipeline", "pipelines.training.training_pipeline"]
+    assert run.main(["-c", str(config), *sources]) == 0
+    assert calls == [("pretraining_pipeline", str(config)), ("training_pipeline", str(config))]
+
+
+def test_a_source_that_is_not_a_pipeline_is_refused_before_any_runs(config, calls, capsys):
     code = run.main(["-c", str(config), "pipelines.training.training_pipeline", "pipelines.run.main"])
     assert code == 2
     assert "pipelines.run.main: is a function, not a ZenML pipeline" in capsys.readouterr().err
-    assert ran == ["pipelines.training.training_pipeline", "pipelines.run.main"]  # loaded, none run
+    assert calls == []  # the valid first source did not run either
 
 
 def test_unknown_module_and_attribute_and_config_are_named(config, capsys):
@@ -35,9 +55,3 @@ def test_unknown_module_and_attribute_and_config_are_named(config, capsys):
     assert run.main(["-c", str(config.parent / "missing.yaml"), "pipelines.training.training_pipeline"]) == 2
     assert "missing.yaml: no such run config" in capsys.readouterr().err
 
-
-def _recording(load, seen):
-    def wrapped(source):
-        seen.append(source)
-        return load(source)
-    return wrapped
