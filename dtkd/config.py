@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dtkd.config_io import _format_errors, format_validation_error, read_yaml  # noqa: F401  (part of this API)
 from dtkd.data.config import DataConfig, SyntheticConfig
 from dtkd.data.views import ViewSpec
 from dtkd.distill.config import DistillConfig
@@ -301,21 +301,6 @@ class DTKDConfig(_Strict):
         return max(ref.view().span for ref in refs)
 
 
-def format_validation_error(err: ValidationError, *, source: str, prefix: str = "",
-                            title: str = "invalid configuration") -> str:
-    """``source: title`` then one line per bad key: ``  key.path: message (got value)``."""
-    return _format_errors(err, source=source, title=title, prefix_of=lambda loc: prefix)
-
-
-def _format_errors(err: ValidationError, *, source: str, title: str, prefix_of) -> str:
-    lines = [f"{source}: {title}"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in (*([prefix_of(e["loc"])] if prefix_of(e["loc"]) else []), *e["loc"]))
-        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-        lines.append(f"  {key}: {e['msg']}{got}")
-    return "\n".join(lines)
-
-
 def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> DTKDConfig:
     """Validate a dict into a DTKDConfig, the merged training config of every stage included; on
     failure raise ConfigError naming each bad key with its full path."""
@@ -342,18 +327,6 @@ def validate_config(data: Any, *, source: str = "<dict>", prefix: str = "") -> D
         return ".".join(p for p in (prefix, path) if p)
 
     raise ConfigError(_format_errors(err, source=source, title=title, prefix_of=where))
-
-
-def read_yaml(path: str | Path, *, what: str = "file") -> Any:
-    """The parsed content of a YAML file. Errors name the file: FileNotFoundError
-    ("<path>: <what> not found") or ValueError ("<path>: not valid YAML: ...")."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
 
 
 def load_config(path: str | Path) -> DTKDConfig:

@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dtkd.config import format_validation_error  # noqa: F401  (re-exported for dtkd_ops)
-from dtkd.config import read_yaml
+from dtkd.config_io import format_validation_error  # noqa: F401  (re-exported for dtkd_ops)
+from dtkd.config_io import read_yaml
 from dtkd.fsutil import atomic_write_bytes
 
 

@@ -1,13 +1,8 @@
 """Data layer: synthetic generator, dataset formats -> manifest, decoding, clip sampling,
 transforms, ClipDataset and the pre-decoded clip store. Core library: no MLOps imports."""
-from dtkd.data.config import DataConfig
-from dtkd.data.dataset import ClipDataset
-from dtkd.data.errors import AnnotationError, VideoDecodeError
-from dtkd.data.formats import DATASETS
-from dtkd.data.manifest import MANIFEST_COLUMNS, build_manifest, class_names, manifest_fingerprint, num_classes_of
-from dtkd.data.store import ClipStore, build_store
-from dtkd.data.video import available_backends, probe_video, read_frames, write_video
-from dtkd.data.views import STUDENT_VIEW, ViewSpec
+from __future__ import annotations
+
+import importlib
 
 __all__ = [
     "AnnotationError", "ClipDataset", "ClipStore", "DATASETS", "DataConfig", "MANIFEST_COLUMNS",
@@ -16,15 +11,25 @@ __all__ = [
     "read_frames", "write_video",
 ]
 
-# Imported on first use: `python -m dtkd.data.synthetic` must not find the module already loaded
-# by this package (runpy warns about that).
-_LAZY = {"generate_synthetic": "dtkd.data.synthetic", "prepare_manifest": "dtkd.data.prepare",
-         "prepare_store": "dtkd.data.prepare"}
+# Every name is imported on first use, from its module: importing one module of the package
+# (`dtkd.data.config`, what a config needs) does not import the others, so the DVC data stages
+# that only probe videos or validate a config start without torch and torchvision (~7 s each
+# here), and `python -m dtkd.data.synthetic` does not find its module already loaded (runpy warns).
+_HOME = {
+    "DataConfig": "config", "ClipDataset": "dataset", "AnnotationError": "errors", "VideoDecodeError": "errors",
+    "DATASETS": "formats", "MANIFEST_COLUMNS": "manifest", "build_manifest": "manifest", "class_names": "manifest",
+    "manifest_fingerprint": "manifest", "num_classes_of": "manifest", "ClipStore": "store", "build_store": "store",
+    "available_backends": "video", "probe_video": "video", "read_frames": "video", "write_video": "video",
+    "STUDENT_VIEW": "views", "ViewSpec": "views", "generate_synthetic": "synthetic",
+    "prepare_manifest": "prepare", "prepare_store": "prepare",
+}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _HOME:
+        return getattr(importlib.import_module(f"dtkd.data.{_HOME[name]}"), name)
     raise AttributeError(f"module 'dtkd.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,13 +1,17 @@
 """From a DataConfig to what training needs: the dataset on disk, its manifest, its store."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from dtkd.data.config import DataConfig
 from dtkd.data.manifest import build_manifest, carve_validation
-from dtkd.data.store import ClipStore, build_store
 from dtkd.data.synthetic import generate_synthetic
 from dtkd.data.unlabelled import unlabelled_entries, with_unlabelled
+
+if TYPE_CHECKING:
+    from dtkd.data.store import ClipStore
 
 
 def prepare_manifest(cfg: DataConfig, *, workers: int = 1) -> pd.DataFrame:
@@ -30,6 +34,8 @@ def prepare_manifest(cfg: DataConfig, *, workers: int = 1) -> pd.DataFrame:
 def prepare_store(cfg: DataConfig, manifest: pd.DataFrame) -> ClipStore | None:
     """Build (or reuse, when sources and size are unchanged) the clip store of a clean
     manifest; None when the store is disabled."""
+    from dtkd.data.store import build_store  # torch + torchvision: only the store needs them
+
     if not cfg.store.enabled:
         return None
     if "ok" in manifest.columns:

@@ -11,11 +11,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from typing import TYPE_CHECKING
+
 import av
 import numpy as np
-import torch
 
 from dtkd.data.errors import VideoDecodeError
+
+if TYPE_CHECKING:
+    import torch
 
 # Containers sometimes over-report their frame count by a frame or two (B-frame reordering,
 # edit lists); indices that far past the last decodable frame repeat the last frame instead of
@@ -123,6 +127,8 @@ def _check_indices(path, indices: Sequence[int]) -> np.ndarray:
 
 def _gather(path, decoded: dict[int, np.ndarray], idx: np.ndarray, last: int) -> torch.Tensor:
     """Stack the requested frames; indices just past the end repeat the last decoded frame."""
+    import torch  # here, not at the top: probing and writing (the data stages) never import torch
+
     if last < 0:
         raise VideoDecodeError(path, "no decodable frame")
     too_far = idx[idx > last + TAIL_TOLERANCE]
@@ -213,6 +219,7 @@ def _read_pyav(path, idx: np.ndarray, *, threads: int, allow_seek: bool) -> torc
 
 
 def _read_torchcodec(path, idx: np.ndarray, *, threads: int) -> torch.Tensor:
+    import torch
     from torchcodec.decoders import VideoDecoder
 
     p = Path(path)
@@ -261,6 +268,8 @@ def read_frames(
 
 def read_all_frames(path: str | os.PathLike, *, threads: int = 1) -> torch.Tensor:
     """Every frame of a video -> uint8 (T, H, W, C); used to build the clip store."""
+    import torch
+
     frames = []
     try:
         with _open(path) as container:
