@@ -36,4 +36,3 @@ def read_yaml(path: str | Path, *, what: str = "file") -> Any:
         raise FileNotFoundError(f"{path}: {what} not found") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
-

@@ -4,13 +4,6 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = [
-    "AnnotationError", "ClipDataset", "ClipStore", "DATASETS", "DataConfig", "MANIFEST_COLUMNS",
-    "STUDENT_VIEW", "VideoDecodeError", "ViewSpec", "available_backends", "build_manifest", "build_store",
-    "class_names", "generate_synthetic", "manifest_fingerprint", "num_classes_of", "prepare_manifest", "prepare_store", "probe_video",
-    "read_frames", "write_video",
-]
-
 # Every name is imported on first use, from its module: importing one module of the package
 # (`dtkd.data.config`, what a config needs) does not import the others, so the DVC data stages
 # that only probe videos or validate a config start without torch and torchvision (~7 s each
@@ -23,6 +16,7 @@ _HOME = {
     "STUDENT_VIEW": "views", "ViewSpec": "views", "generate_synthetic": "synthetic",
     "prepare_manifest": "prepare", "prepare_store": "prepare",
 }
+__all__ = sorted(_HOME)
 
 
 def __getattr__(name: str):

@@ -239,11 +239,11 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
 
 def _background(frames: int, size: int, rng: np.random.Generator, nuisance: Nuisance):
     """A smooth random texture translating at a constant random velocity."""
-    cells = max(2, size // 8)
-    low = rng.uniform(-1, 1, size=(1, 3, cells, cells)).astype(np.float32)
     import torch  # here: the config validates the vocabulary names without importing torch
     import torch.nn.functional as F
 
+    cells = max(2, size // 8)
+    low = rng.uniform(-1, 1, size=(1, 3, cells, cells)).astype(np.float32)
     # Upsample a 3x3 tiling and keep the middle tile: the texture wraps without a seam.
     tiled = torch.from_numpy(np.tile(low, (1, 1, 3, 3)))
     tex = F.interpolate(tiled, size=(6 * size, 6 * size), mode="bicubic", align_corners=False)

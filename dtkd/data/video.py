@@ -9,9 +9,7 @@ import functools
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import av
 import numpy as np
