@@ -69,8 +69,8 @@ remote: install
 	  $(VENV)/bin/dvc remote add --local -d dtkd $(DTKD_DVC_REMOTE)
 
 # Everything a pipeline needs, its independent parts side by side: the DVC data stages beside the
-# ZenML stack and the config check (each mostly one core; 2 here: 114 s -> 67 s, docs/runs.md). A failed
-# check fails the target once the data stages are done (they are resumable; nothing is trained).
+# ZenML stack and the config check (each mostly one core; on 2 cores 114 s -> 67 s, docs/runs.md).
+# A failed check fails the target once the data stages are done (resumable; nothing is trained).
 prepare: install
 	@$(MAKE) --no-print-directory data & data=$$!; \
 	$(MAKE) --no-print-directory setup check; ok=$$?; \
