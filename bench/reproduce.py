@@ -50,7 +50,7 @@ from bench.study.cells import StudyContext, make_cell, run_cells  # noqa: E402
 from bench.study.cost import table8  # noqa: E402
 from bench.study.pool import run_tasks  # noqa: E402
 from bench.study.report import write  # noqa: E402
-from bench.study.tables import CE, EXTRA_TABLES, TABLES, TITLES, study_tables  # noqa: E402
+from bench.study.tables import CE, CE_REFERENCE, EXTRA_TABLES, TABLES, TITLES, study_tables  # noqa: E402
 from bench.study.teachers import TeacherSpec, cached, prepare, study_ref, teacher_specs  # noqa: E402
 from dtkd.config import DTKDConfig, load_config  # noqa: E402
 from dtkd.data import class_names, num_classes_of, prepare_manifest, prepare_store  # noqa: E402
@@ -229,7 +229,7 @@ def _study_rows(row_tables: dict) -> list:
     for trows in row_tables.values():
         for row in trows:
             rows.setdefault(row.name, row)
-    rows.setdefault(CE.name, CE)
+    rows.setdefault(CE.name, CE_REFERENCE)
     return list(rows.values())
 
 

@@ -57,6 +57,11 @@ def _on_baseline_base(row: Row) -> Row:
     return replace(row, update={**BASELINE_BASE, **row.update})
 
 
+# Every row's reference as every table runs it: a study of tables without CE (--tables 5) adds
+# this row, the same cells as Table 1's CE.
+CE_REFERENCE = _on_baseline_base(CE)
+
+
 def _student_scale(base: DistillConfig, method: str) -> float | None:
     """PixelKD's student sees a smaller crop than its teacher (the method's premise); every other row
     keeps the student's view."""

@@ -116,6 +116,18 @@ def test_moving_dtkd_defaults_moves_dtkd_rows_only():
     assert (new[("1", "dtkd")].tau, new[("1", "dtkd")].beta) == (2.0, 1.0)
 
 
+def test_a_study_without_table1_runs_table1s_ce_cells():
+    """CE is every row's reference: a study of tables that do not list it (--tables 5 6 terms)
+    adds it on the baselines' distill section, as Table 1 runs it, so it reuses those cells
+    (it once added CE on DT-KD's section: other keys, the same numbers computed again)."""
+    kw = dict(quick=False, teacher_ids=["vit", "cnn"], transfer=False)
+    base = DistillConfig(tau=2.0, beta=1.0, gamma=1.0)
+    table1_ce = next(r for r in study_tables(base, ["1"], **kw)[0]["1"] if r.name == "none")
+    rows = reproduce._study_rows(study_tables(base, ["5", "6", "terms"], **kw)[0])
+    ce = [r for r in rows if r.name == "none"]
+    assert ce == [table1_ce] and ce[0].update == {**BASELINE_BASE, "method": "none"}
+
+
 def test_every_other_baseline_is_tuned_over_three_values_one_of_them_its_table1_setting():
     from bench.study.tables import BASELINE_GRID, BASELINE_SETTINGS, table1, tune_baselines
 
