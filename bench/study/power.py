@@ -16,7 +16,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from statistics import NormalDist
+from statistics import NormalDist, median
 from typing import Any, Mapping, Optional, Sequence
 
 
@@ -80,11 +80,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{args.results}: not a study results.json ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
     print(markdown(lines, against=args.against, target=args.half_width))
-    sds = sorted(ln["sd"] for ln in lines)
-    if sds:
-        median = sds[len(sds) // 2] if len(sds) % 2 else (sds[len(sds) // 2 - 1] + sds[len(sds) // 2]) / 2
-        print(f"\nmedian sd of the paired differences: {median:.1f} points; "
-              f"seeds for ±{args.half_width:g}: {seeds_needed(median, args.half_width)}")
+    if lines:
+        typical = median(ln["sd"] for ln in lines)
+        print(f"\nmedian sd of the paired differences: {typical:.1f} points; "
+              f"seeds for ±{args.half_width:g}: {seeds_needed(typical, args.half_width)}")
     return 0
 
 
